@@ -1,0 +1,9 @@
+"""``python -m maisi`` runs the command line (also under ``torchrun -m maisi``)."""
+
+from __future__ import annotations
+
+import sys
+
+from maisi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""The ``maisi`` command line: thin sub-commands, each parsing arguments and calling one library function.
+
+Each command lives in its own module exposing ``register(subparsers)`` which adds a parser whose ``func`` default
+is ``run(args) -> int``. Errors derived from :class:`maisi.errors.MaisiError` print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from maisi import __version__
+from maisi.errors import MaisiError, NotImplementedYet
+
+#: command name -> module (under maisi.cli) that registers it
+COMMANDS: dict[str, str] = {
+    "generate": "generate",
+    "phantom": "phantom",
+    "prepare": "prepare",
+    "encode": "encode",
+    "train": "train",
+    "evaluate": "evaluate",
+    "masks": "masks",
+    "download": "download",
+    "info": "info",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maisi",
+        description="MAISI: synthetic CT images with paired segmentation masks by 3D latent diffusion.",
+    )
+    parser.add_argument("--version", action="version", version=f"maisi {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"maisi.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"maisi.cli.{module}":
+                raise
+            p = sub.add_parser(name, help="(not implemented yet)")
+            p.set_defaults(func=_not_implemented(name))
+            continue
+        mod.register(sub)
+    return parser
+
+
+def _not_implemented(name: str):
+    def run(args: argparse.Namespace) -> int:
+        raise NotImplementedYet(f"'maisi {name}' is not implemented yet")
+
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``maisi`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except MaisiError as e:
+        print(f"maisi {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"maisi {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m maisi.cli
+    sys.exit(main())

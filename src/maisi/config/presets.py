@@ -1,0 +1,117 @@
+"""Named presets: the official MAISI hyper-parameters (``rflow-ct``, ``ddpm-ct``) and ``tiny`` for CPU work.
+
+A preset is a function returning a fresh :class:`~maisi.config.schema.Config`; overlays change it key by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from maisi.config.schema import (
+    Config,
+    ControlNetConfig,
+    DataConfig,
+    DiscriminatorConfig,
+    GenerateConfig,
+    ModelConfig,
+    SchedulerConfig,
+    TrainConfig,
+    UNetConfig,
+    VAEConfig,
+)
+from maisi.errors import ConfigError
+
+
+def rflow_ct() -> Config:
+    """Official MAISI v2 rectified-flow CT model (``config_network_rflow.json``)."""
+    return Config(preset="rflow-ct")
+
+
+def ddpm_ct() -> Config:
+    """Official MAISI v1 DDPM CT model (``config_network_ddpm.json``): body-region inputs, no class embeds."""
+    model = ModelConfig(
+        vae=VAEConfig(num_splits=8),
+        unet=UNetConfig(
+            resblock_updown=False,
+            include_fc=False,
+            include_top_region_index_input=True,
+            include_bottom_region_index_input=True,
+            num_class_embeds=None,
+        ),
+        controlnet=ControlNetConfig(resblock_updown=False, include_fc=False, num_class_embeds=None),
+        scheduler=SchedulerConfig(kind="ddpm"),
+        include_body_region=True,
+    )
+    return Config(preset="ddpm-ct", model=model, generate=GenerateConfig(steps=1000))
+
+
+def tiny() -> Config:
+    """The rflow-ct structure shrunk for CPU: every network under 3 M parameters, 64^3 images, 16^3 latents."""
+    vae = VAEConfig(num_channels=(16, 32, 32), num_res_blocks=(1, 1, 1), norm_num_groups=8, num_splits=1)
+    unet = UNetConfig(
+        num_channels=(32, 48, 64),
+        attention_levels=(False, False, True),
+        num_head_channels=(0, 0, 16),
+        num_res_blocks=1,
+        norm_num_groups=16,
+    )
+    controlnet = ControlNetConfig(
+        num_channels=(32, 48, 64),
+        attention_levels=(False, False, True),
+        num_head_channels=(0, 0, 16),
+        num_res_blocks=1,
+        norm_num_groups=16,
+        conditioning_embedding_num_channels=(8, 16, 16),
+    )
+    mask_vae = VAEConfig(
+        in_channels=8,
+        out_channels=125,
+        num_channels=(16, 32, 32),
+        num_res_blocks=(1, 1, 1),
+        norm_num_groups=8,
+        use_convtranspose=True,
+        num_splits=1,
+    )
+    mask_unet = UNetConfig(
+        variant="monai",
+        num_channels=(32, 48, 64),
+        attention_levels=(False, False, True),
+        num_head_channels=(0, 0, 16),
+        num_res_blocks=1,
+        norm_num_groups=16,
+        resblock_updown=False,
+        include_spacing_input=False,
+        num_class_embeds=None,
+        with_conditioning=True,
+        cross_attention_dim=10,
+        upcast_attention=True,
+    )
+    model = ModelConfig(
+        vae=vae,
+        unet=unet,
+        controlnet=controlnet,
+        mask_vae=mask_vae,
+        mask_unet=mask_unet,
+        discriminator=DiscriminatorConfig(channels=8, num_layers_d=2),
+        mask_latent_shape=(4, 16, 16, 16),
+    )
+    return Config(
+        preset="tiny",
+        model=model,
+        data=DataConfig(spacing=(3.0, 3.0, 3.0), divisor=64, encode_window=(32, 32, 32)),
+        train=TrainConfig(batch_size=2, lr=1e-3, patch_size=(32, 32, 32), ckpt_every=100, val_every=50),
+        generate=GenerateConfig(
+            output_size=(64, 64, 64), spacing=(3.0, 3.0, 3.0), decode_window=(16, 16, 16), decode_overlap=0.25
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"rflow-ct": rflow_ct, "ddpm-ct": ddpm_ct, "tiny": tiny}
+
+
+def preset(name: str) -> Config:
+    """A fresh copy of a named preset."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; available: {sorted(PRESETS)}") from None

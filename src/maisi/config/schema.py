@@ -1,0 +1,269 @@
+"""The one typed configuration schema of maisi.
+
+Every run (training, encoding, generation, evaluation) is described by a :class:`Config`. Field names follow the
+official MAISI network definitions (``num_channels``, ``num_res_blocks``, ...) so official JSON files map onto it
+key by key. Presets live in :mod:`maisi.config.presets`; loading, overlays and strict validation in
+:mod:`maisi.config.loading`.
+
+Spatial order is (X, Y, Z) in RAS everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Triple = tuple[float, float, float]
+IntTriple = tuple[int, int, int]
+
+
+@dataclass
+class VAEConfig:
+    """Image (or mask) VAE: MONAI ``AutoencoderKlMaisi`` hyper-parameters plus the latent scale factor.
+
+    ``scale_factor`` is the latent normalisation of the codec (latent fed to diffusion = z * scale_factor); it
+    belongs here and nowhere else. ``norm_float16``, ``num_splits`` and ``dim_split`` are memory knobs of the
+    official implementation; they change no weights and are applied only where they work (see
+    :mod:`maisi.networks.builders`).
+    """
+
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 1
+    latent_channels: int = 4
+    num_channels: tuple[int, ...] = (64, 128, 256)
+    num_res_blocks: tuple[int, ...] = (2, 2, 2)
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-6
+    attention_levels: tuple[bool, ...] = (False, False, False)
+    with_encoder_nonlocal_attn: bool = False
+    with_decoder_nonlocal_attn: bool = False
+    include_fc: bool = False
+    use_flash_attention: bool = False
+    use_checkpointing: bool = False
+    use_convtranspose: bool = False
+    norm_float16: bool = True
+    num_splits: int = 4
+    dim_split: int = 1
+    scale_factor: float = 1.0
+
+
+@dataclass
+class UNetConfig:
+    """Latent diffusion UNet: MONAI ``DiffusionModelUNetMaisi`` (``variant='maisi'``) or MONAI
+    ``DiffusionModelUNet`` (``variant='monai'``, used by the mask-generation model)."""
+
+    variant: Literal["maisi", "monai"] = "maisi"
+    spatial_dims: int = 3
+    in_channels: int = 4
+    out_channels: int = 4
+    num_channels: tuple[int, ...] = (64, 128, 256, 512)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
+    num_head_channels: tuple[int, ...] = (0, 0, 32, 32)
+    num_res_blocks: int = 2
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-6
+    resblock_updown: bool = True
+    include_fc: bool = True
+    use_flash_attention: bool = True
+    include_top_region_index_input: bool = False
+    include_bottom_region_index_input: bool = False
+    include_spacing_input: bool = True
+    num_class_embeds: int | None = 128
+    with_conditioning: bool = False
+    cross_attention_dim: int | None = None
+    upcast_attention: bool = False
+    transformer_num_layers: int = 1
+
+
+@dataclass
+class ControlNetConfig:
+    """ControlNet on the label map (MONAI ``ControlNetMaisi``)."""
+
+    spatial_dims: int = 3
+    in_channels: int = 4
+    num_channels: tuple[int, ...] = (64, 128, 256, 512)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
+    num_head_channels: tuple[int, ...] = (0, 0, 32, 32)
+    num_res_blocks: int = 2
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-6
+    resblock_updown: bool = True
+    include_fc: bool = True
+    use_flash_attention: bool = True
+    use_checkpointing: bool = True
+    conditioning_embedding_in_channels: int = 8
+    conditioning_embedding_num_channels: tuple[int, ...] = (8, 32, 64)
+    num_class_embeds: int | None = 128
+
+
+@dataclass
+class DiscriminatorConfig:
+    """Patch discriminator for VAE adversarial training (MONAI ``PatchDiscriminator``)."""
+
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 1
+    channels: int = 32
+    num_layers_d: int = 3
+    norm: str = "INSTANCE"
+
+
+@dataclass
+class SchedulerConfig:
+    """Noise scheduler. ``kind`` selects rectified flow or DDPM; fields of the other kind are ignored."""
+
+    kind: Literal["rflow", "ddpm"] = "rflow"
+    num_train_timesteps: int = 1000
+    # rectified flow
+    use_discrete_timesteps: bool = False
+    use_timestep_transform: bool = True
+    sample_method: Literal["uniform", "logit-normal"] = "uniform"
+    loc: float = 0.0
+    scale: float = 1.4
+    transform_scale: float = 1.0
+    base_img_size_numel: int = 32 * 32 * 32
+    # ddpm
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    schedule: Literal["linear_beta", "scaled_linear_beta", "cosine"] = "scaled_linear_beta"
+    clip_sample: bool = False
+    prediction: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+
+
+@dataclass
+class ModelConfig:
+    """Every network of a MAISI model set, and the schedulers that go with them."""
+
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
+    mask_vae: VAEConfig = field(
+        default_factory=lambda: VAEConfig(
+            in_channels=8,
+            out_channels=125,
+            num_channels=(32, 64, 128),
+            num_res_blocks=(1, 2, 2),
+            use_checkpointing=True,
+            use_convtranspose=True,
+            num_splits=8,
+            scale_factor=1.0055984258651733,
+        )
+    )
+    mask_unet: UNetConfig = field(
+        default_factory=lambda: UNetConfig(
+            variant="monai",
+            resblock_updown=False,
+            include_fc=True,
+            include_spacing_input=False,
+            num_class_embeds=None,
+            with_conditioning=True,
+            cross_attention_dim=10,
+            upcast_attention=True,
+        )
+    )
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    mask_scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(kind="ddpm"))
+    mask_latent_shape: tuple[int, ...] = (4, 64, 64, 64)
+    #: true for models conditioned on top/bottom body region (ddpm-ct)
+    include_body_region: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Data preparation and latent encoding."""
+
+    modality: str = "ct"
+    spacing: Triple | None = None
+    divisor: int = 128
+    label_set: str = "auto"
+    folds: int = 5
+    encode_window: IntTriple = (64, 64, 64)
+    encode_overlap: float = 0.25
+
+
+@dataclass
+class TrainConfig:
+    """The generic training loop and the per-task options."""
+
+    task: Literal["vae", "diffusion", "controlnet", "mask-vae", "mask-diffusion", "segmenter"] = "diffusion"
+    data: str = ""
+    run_dir: str = "runs/maisi"
+    max_steps: int = 1000
+    seed: int = 0
+    batch_size: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_checkpointing: bool = False
+    grad_accum: int = 1
+    ckpt_every: int = 500
+    keep_last: int = 3
+    val_every: int = 100
+    log_every: int = 10
+    num_workers: int = 0
+    patch_size: IntTriple = (64, 64, 64)
+    # vae
+    recon_loss: Literal["l1", "l2"] = "l1"
+    kl_weight: float = 1e-7
+    perceptual_weight: float = 0.3
+    perceptual_weights_path: str | None = None
+    adv_weight: float = 0.1
+    adv_warmup_steps: int = 100
+    # diffusion / controlnet
+    modality_dropout: float = 0.1
+    weighted_loss_labels: tuple[int, ...] = (23,)
+    weighted_loss: float = 100.0
+    use_region_contrastive_loss: bool = False
+    region_contrastive_loss_delta: float = 2.0
+    region_contrastive_loss_weight: float = 0.01
+    init_from: str | None = None
+
+
+@dataclass
+class GenerateConfig:
+    """A generation request (the keys of the official ``config_infer.json`` map onto these)."""
+
+    num_samples: int = 1
+    output_size: IntTriple = (256, 256, 256)
+    spacing: Triple = (1.5, 1.5, 2.0)
+    body_region: tuple[str, ...] = ("chest",)
+    anatomy: tuple[str, ...] = ()
+    organ_sizes: dict[str, float] = field(default_factory=dict)
+    mask: str | None = None
+    mask_source: Literal["auto", "file", "database", "model", "phantom"] = "auto"
+    mask_database: str | None = None
+    keep_only: tuple[str, ...] = ()
+    steps: int = 30
+    mask_steps: int = 1000
+    guidance: float = 0.0
+    modality: str = "ct"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    weights: str = "demo"
+    output_dir: str = "output"
+    image_ext: str = ".nii.gz"
+    label_ext: str = ".nii.gz"
+    decode_window: IntTriple = (48, 48, 48)
+    decode_overlap: float = 0.6666
+    qc: bool = True
+    qc_retries: int = 2
+    initial_noise: str | None = None
+    preview: bool = True
+
+
+@dataclass
+class Config:
+    """Everything one run needs. ``preset`` records which preset the values started from."""
+
+    preset: str = "rflow-ct"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)

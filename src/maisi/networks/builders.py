@@ -1,0 +1,152 @@
+"""Build the MAISI networks from the typed config, on MONAI's classes (so official state dicts load unchanged).
+
+MONAI's MAISI classes carry two CUDA-only switches that we apply at run time instead of at construction:
+
+- ``use_flash_attention``: MONAI refuses it without CUDA at construction, but the attention blocks only call
+  ``torch.nn.functional.scaled_dot_product_attention``, which runs on every device. We build with it off and
+  switch the blocks on afterwards (:func:`set_fused_attention`); the weights are the same.
+- ``norm_float16`` (VAE): MONAI's group norm casts its output to fp16, which breaks fp32 convolutions on CPU. With
+  ``fast=True`` (the default) the group-by-group ``MaisiGroupNorm3D`` loop and the split convolutions are replaced
+  by the standard fused ``nn.GroupNorm`` / whole-tensor convolution holding the same parameters; memory is bounded
+  by the tiled codec (:mod:`maisi.latents`) instead, and reduced precision comes from autocast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from maisi.config.schema import ControlNetConfig, DiscriminatorConfig, ModelConfig, UNetConfig, VAEConfig
+
+#: Component names, in the order of a model set; each maps to its config field in :class:`ModelConfig`.
+COMPONENTS: tuple[str, ...] = ("vae", "unet", "controlnet", "mask_vae", "mask_unet", "discriminator")
+
+
+def build_vae(cfg: VAEConfig, *, fast: bool = True) -> nn.Module:
+    """MONAI ``AutoencoderKlMaisi`` from a :class:`VAEConfig` (image VAE or mask VAE).
+
+    Args:
+        cfg: hyper-parameters; ``scale_factor`` is not a network parameter and is ignored here.
+        fast: replace MONAI's looped group norm and split convolutions by the fused equivalents (same weights).
+    """
+    from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi
+
+    kwargs = dataclasses.asdict(cfg)
+    kwargs.pop("scale_factor")
+    kwargs.update(norm_float16=False, use_flash_attention=False, save_mem=False)
+    model = AutoencoderKlMaisi(**kwargs)
+    if cfg.use_flash_attention:
+        set_fused_attention(model, True)
+    if fast:
+        fuse_vae(model)
+    return model
+
+
+def build_unet(cfg: UNetConfig) -> nn.Module:
+    """Diffusion UNet: MONAI ``DiffusionModelUNetMaisi`` (variant ``maisi``) or ``DiffusionModelUNet`` (``monai``)."""
+    kwargs = dataclasses.asdict(cfg)
+    variant = kwargs.pop("variant")
+    kwargs["num_head_channels"] = list(cfg.num_head_channels)
+    kwargs["use_flash_attention"] = False
+    if variant == "maisi":
+        from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
+
+        model = DiffusionModelUNetMaisi(**kwargs)
+    else:
+        from monai.networks.nets import DiffusionModelUNet
+
+        for key in ("include_top_region_index_input", "include_bottom_region_index_input", "include_spacing_input"):
+            if kwargs.pop(key):
+                raise ValueError(f"{key}=True needs variant='maisi'")
+        kwargs["channels"] = kwargs.pop("num_channels")
+        model = DiffusionModelUNet(**kwargs)
+    if cfg.use_flash_attention:
+        set_fused_attention(model, True)
+    return model
+
+
+def build_controlnet(cfg: ControlNetConfig) -> nn.Module:
+    """MONAI ``ControlNetMaisi`` conditioned on the 8-channel binary label encoding."""
+    from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
+
+    kwargs = dataclasses.asdict(cfg)
+    kwargs["num_head_channels"] = list(cfg.num_head_channels)
+    kwargs["use_flash_attention"] = False
+    model = ControlNetMaisi(**kwargs)
+    if cfg.use_flash_attention:
+        set_fused_attention(model, True)
+    return model
+
+
+def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
+    """MONAI ``PatchDiscriminator`` for adversarial VAE training."""
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(**dataclasses.asdict(cfg))
+
+
+_BUILDERS = {
+    "vae": build_vae,
+    "unet": build_unet,
+    "controlnet": build_controlnet,
+    "mask_vae": build_vae,
+    "mask_unet": build_unet,
+    "discriminator": build_discriminator,
+}
+
+
+def build(component: str, model_cfg: ModelConfig) -> nn.Module:
+    """Build one named component of a model set from its config."""
+    if component not in _BUILDERS:
+        raise ValueError(f"component must be one of {list(COMPONENTS)}, got {component!r}")
+    return _BUILDERS[component](getattr(model_cfg, component))
+
+
+def component_config(component: str, model_cfg: ModelConfig):
+    """The config dataclass of one component."""
+    if component not in _BUILDERS:
+        raise ValueError(f"component must be one of {list(COMPONENTS)}, got {component!r}")
+    return getattr(model_cfg, component)
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every MONAI attention block to ``scaled_dot_product_attention`` (fused; any device) or back."""
+    for module in model.modules():
+        if hasattr(module, "use_flash_attention") and hasattr(module, "dropout_rate"):
+            module.use_flash_attention = enabled
+    return model
+
+
+class _FusedGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` computed in fp32 and returned in the input dtype (MaisiGroupNorm3D's numerics, fused)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            w = self.weight.float() if self.weight is not None else None
+            b = self.bias.float() if self.bias is not None else None
+            return nn.functional.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        return super().forward(x)
+
+
+def fuse_vae(model: nn.Module) -> nn.Module:
+    """Replace MONAI's looped group norms and split convolutions in a MAISI VAE by fused equivalents, in place."""
+    from monai.apps.generation.maisi.networks.autoencoderkl_maisi import MaisiConvolution, MaisiGroupNorm3D
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MaisiGroupNorm3D):
+                fused = _FusedGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+                if child.affine:
+                    fused.weight = child.weight
+                    fused.bias = child.bias
+                setattr(parent, name, fused)
+            elif isinstance(child, MaisiConvolution):
+                child.num_splits = 1
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
