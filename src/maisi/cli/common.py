@@ -11,11 +11,20 @@ from maisi.config import Config, apply_overlay, load_config, parse_assignments, 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` (repeatable; ours or official MAISI JSON), ``--preset NAME``, ``key=value`` overrides,
     ``--dry-run``."""
-    parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="config overlay or official MAISI JSON file (repeatable, applied in order)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config overlay or official MAISI JSON file (repeatable, applied in order)",
+    )
     parser.add_argument("--preset", default=None, help="starting preset: rflow-ct, ddpm-ct or tiny")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides such as train.lr=1e-4 or generate.output_size=[64,64,64]")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides such as train.lr=1e-4 or generate.output_size=[64,64,64]",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 

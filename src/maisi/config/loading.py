@@ -207,7 +207,13 @@ _INFER_KEYS = {
     "random_seed": "seed",
 }
 # keys of official files that reference other parts of the bundle and carry no value of their own
-_INFER_REFERENCES = {"controlnet", "diffusion_unet", "autoencoder", "mask_generation_autoencoder", "mask_generation_diffusion"}
+_INFER_REFERENCES = {
+    "controlnet",
+    "diffusion_unet",
+    "autoencoder",
+    "mask_generation_autoencoder",
+    "mask_generation_diffusion",
+}
 _TRAIN_SECTIONS = {
     "autoencoder_train": "vae",
     "diffusion_unet_train": "diffusion",
@@ -229,17 +235,47 @@ _TRAIN_KEYS = {
     "amp": "amp",
 }
 # official training keys that have no counterpart here (epoch-based schedules, caching): accepted, not used
-_TRAIN_IGNORED = {"cache_rate", "cache", "n_epochs", "fold", "val_batch_size", "val_patch_size", "val_interval",
-                  "val_sliding_window_patch_size"}
-_ENVIRONMENT_KEYS = {
-    "output_dir", "trained_autoencoder_path", "trained_diffusion_path", "trained_controlnet_path",
-    "trained_mask_generation_autoencoder_path", "trained_mask_generation_diffusion_path", "all_mask_files_base_dir",
-    "all_mask_files_json", "all_anatomy_size_conditions_json", "label_dict_json", "label_dict_remap_json",
-    "model_dir", "tfevent_path", "exp_name", "data_base_dir", "json_data_list", "existing_ckpt_filepath",
-    "modality_mapping_path", "embedding_base_dir", "model_filename", "output_prefix", "finetune",
+_TRAIN_IGNORED = {
+    "cache_rate",
+    "cache",
+    "n_epochs",
+    "fold",
+    "val_batch_size",
+    "val_patch_size",
+    "val_interval",
+    "val_sliding_window_patch_size",
 }
-_OFFICIAL_MARKERS = set(_NETWORK_KEYS) | set(_INFER_KEYS) | set(_TRAIN_SECTIONS) | _ENVIRONMENT_KEYS | {
-    "controlnet_infer", "diffusion_unet_inference", "data_option", "noise_scheduler", "spatial_dims"}
+_ENVIRONMENT_KEYS = {
+    "output_dir",
+    "trained_autoencoder_path",
+    "trained_diffusion_path",
+    "trained_controlnet_path",
+    "trained_mask_generation_autoencoder_path",
+    "trained_mask_generation_diffusion_path",
+    "all_mask_files_base_dir",
+    "all_mask_files_json",
+    "all_anatomy_size_conditions_json",
+    "label_dict_json",
+    "label_dict_remap_json",
+    "model_dir",
+    "tfevent_path",
+    "exp_name",
+    "data_base_dir",
+    "json_data_list",
+    "existing_ckpt_filepath",
+    "modality_mapping_path",
+    "embedding_base_dir",
+    "model_filename",
+    "output_prefix",
+    "finetune",
+}
+_OFFICIAL_MARKERS = (
+    set(_NETWORK_KEYS)
+    | set(_INFER_KEYS)
+    | set(_TRAIN_SECTIONS)
+    | _ENVIRONMENT_KEYS
+    | {"controlnet_infer", "diffusion_unet_inference", "data_option", "noise_scheduler", "spatial_dims"}
+)
 
 
 def is_official(data: Mapping[str, Any]) -> bool:
@@ -274,8 +310,16 @@ def _class_defaults(target: str, where: str) -> dict[str, Any]:
 def _network_overlay(kind: str, definition: Mapping[str, Any], top: Mapping[str, Any], where: str) -> dict:
     from maisi.config import schema
 
-    fields = {f.name for f in dataclasses.fields(schema.UNetConfig if kind in ("unet", "mask_unet") else
-                                                 schema.ControlNetConfig if kind == "controlnet" else schema.VAEConfig)}
+    fields = {
+        f.name
+        for f in dataclasses.fields(
+            schema.UNetConfig
+            if kind in ("unet", "mask_unet")
+            else schema.ControlNetConfig
+            if kind == "controlnet"
+            else schema.VAEConfig
+        )
+    }
     out: dict[str, Any] = {}
     if "_target_" in definition:
         for key, value in _class_defaults(definition["_target_"], where).items():
@@ -285,12 +329,18 @@ def _network_overlay(kind: str, definition: Mapping[str, Any], top: Mapping[str,
     for key, value in definition.items():
         if key == "_target_":
             if kind in ("unet", "mask_unet"):
-                out["variant"] = "monai" if value.endswith("nets.diffusion_model_unet.DiffusionModelUNet") else "maisi"
+                out["variant"] = (
+                    "monai" if value.endswith("nets.diffusion_model_unet.DiffusionModelUNet") else "maisi"
+                )
             continue
         value = _resolve_refs(value, top, f"{where}.{key}")
         if key == "channels" and kind in ("unet", "mask_unet"):
             key = "num_channels"
-        if kind in ("unet", "mask_unet", "controlnet") and key == "num_head_channels" and isinstance(value, int):
+        if (
+            kind in ("unet", "mask_unet", "controlnet")
+            and key == "num_head_channels"
+            and isinstance(value, int)
+        ):
             value = [value]
         out[key] = value
     return out

@@ -57,7 +57,11 @@ def build_unet(cfg: UNetConfig) -> nn.Module:
     else:
         from monai.networks.nets import DiffusionModelUNet
 
-        for key in ("include_top_region_index_input", "include_bottom_region_index_input", "include_spacing_input"):
+        for key in (
+            "include_top_region_index_input",
+            "include_bottom_region_index_input",
+            "include_spacing_input",
+        ):
             if kwargs.pop(key):
                 raise ValueError(f"{key}=True needs variant='maisi'")
         kwargs["channels"] = kwargs.pop("num_channels")
@@ -97,11 +101,19 @@ _BUILDERS = {
 }
 
 
-def build(component: str, model_cfg: ModelConfig) -> nn.Module:
-    """Build one named component of a model set from its config."""
+def build(component: str, model_cfg: ModelConfig, *, fast: bool = True) -> nn.Module:
+    """Build one named component of a model set from its config.
+
+    Args:
+        fast: for the VAEs, use the fused norm/convolution path (see :func:`build_vae`); ``False`` runs MONAI's
+            own code unchanged (the reference numerics).
+    """
     if component not in _BUILDERS:
         raise ValueError(f"component must be one of {list(COMPONENTS)}, got {component!r}")
-    return _BUILDERS[component](getattr(model_cfg, component))
+    cfg = getattr(model_cfg, component)
+    if component in ("vae", "mask_vae"):
+        return build_vae(cfg, fast=fast)
+    return _BUILDERS[component](cfg)
 
 
 def component_config(component: str, model_cfg: ModelConfig):

@@ -78,12 +78,18 @@ def read_torch_file(path: str | os.PathLike) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
-        first = lines[0] if lines else "unsupported object"
+        if not lines:  # not a pickle that asks for globals: the bytes are simply not a checkpoint
+            raise CheckpointError(
+                f"{p}: not a readable PyTorch checkpoint (corrupt or not a .pt file)"
+            ) from None
+        first = lines[0]
         raise CheckpointError(
             f"{p}: refused to load: the file holds pickled Python objects that could run code ({first[:160]})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})"
+        ) from None
 
 
 def split_state(obj: Any, *, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -97,7 +103,9 @@ def split_state(obj: Any, *, source: str) -> tuple[dict[str, torch.Tensor], dict
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj), {}
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
-    raise CheckpointError(f"{source}: no state dict found (non-tensor keys {bad}; expected one of {_NESTED_STATE_KEYS})")
+    raise CheckpointError(
+        f"{source}: no state dict found (non-tensor keys {bad}; expected one of {_NESTED_STATE_KEYS})"
+    )
 
 
 def _plain(v: Any) -> Any:
@@ -224,11 +232,15 @@ def read_component_config(directory: str | os.PathLike) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None
     if meta.get("component") not in COMPONENTS:
-        raise CheckpointError(f"{path}: 'component' must be one of {list(COMPONENTS)}, got {meta.get('component')!r}")
+        raise CheckpointError(
+            f"{path}: 'component' must be one of {list(COMPONENTS)}, got {meta.get('component')!r}"
+        )
     return meta
 
 
-def load_component(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> Component:
+def load_component(
+    directory: str | os.PathLike, *, device: str | torch.device = "cpu", fast: bool = True
+) -> Component:
     """Rebuild a network from a component folder alone (config + safetensors), loaded strictly, in fp32."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -239,7 +251,7 @@ def load_component(directory: str | os.PathLike, *, device: str | torch.device =
     cfg_cls = type(component_config(name, ModelConfig()))
     cfg = build_dataclass(cfg_cls, meta.get("config", {}), f"{d / CONFIG_NAME}: config")
     model_cfg = dataclasses.replace(ModelConfig(), **{name: cfg})
-    model = build(name, model_cfg)
+    model = build(name, model_cfg, fast=fast)
     weights = d / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{d}: missing {WEIGHTS_NAME}")
@@ -268,7 +280,9 @@ class ModelSet:
 
     def __getitem__(self, name: str) -> nn.Module:
         if name not in self.components:
-            raise CheckpointError(f"{self.root}: model set has no {name!r} component (has {sorted(self.components)})")
+            raise CheckpointError(
+                f"{self.root}: model set has no {name!r} component (has {sorted(self.components)})"
+            )
         return self.components[name].model
 
     def __contains__(self, name: str) -> bool:
@@ -279,7 +293,9 @@ def official_dir(directory: str | os.PathLike) -> Path | None:
     """The folder holding official ``.pt`` files (``directory`` itself or its ``models/``), or None."""
     d = Path(directory)
     for cand in (d, d / "models"):
-        if cand.is_dir() and any((cand / f).is_file() for files in OFFICIAL_FILES.values() for f in files.values()):
+        if cand.is_dir() and any(
+            (cand / f).is_file() for files in OFFICIAL_FILES.values() for f in files.values()
+        ):
             return cand
     return None
 
@@ -303,21 +319,30 @@ def official_variant(directory: str | os.PathLike) -> str:
     """``'rflow-ct'`` or ``'ddpm-ct'``, from which diffusion file an official folder holds."""
     d = official_dir(directory) or Path(directory)
     for variant in ("rflow-ct", "ddpm-ct"):
-        if (d / OFFICIAL_FILES[variant]["unet"]).is_file() or (d / OFFICIAL_FILES[variant]["controlnet"]).is_file():
+        if (d / OFFICIAL_FILES[variant]["unet"]).is_file() or (
+            d / OFFICIAL_FILES[variant]["controlnet"]
+        ).is_file():
             return variant
     return "rflow-ct"
 
 
 def load_official_component(
-    path: str | os.PathLike, name: str, model_cfg: ModelConfig, *, device: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    name: str,
+    model_cfg: ModelConfig,
+    *,
+    device: str | torch.device = "cpu",
+    fast: bool = True,
 ) -> Component:
     """Load one official ``.pt`` file strictly into the network ``name`` built from ``model_cfg``."""
     obj = read_torch_file(path)
     state, extras = split_state(obj, source=str(path))
-    model = build(name, model_cfg)
+    model = build(name, model_cfg, fast=fast)
     load_state_strict(model, state, source=str(path))
     model.to(device).eval()
-    return Component(name=name, model=model, config=component_config(name, model_cfg), path=Path(path), extra=extras)
+    return Component(
+        name=name, model=model, config=component_config(name, model_cfg), path=Path(path), extra=extras
+    )
 
 
 def load_model_set(
@@ -326,12 +351,14 @@ def load_model_set(
     components: Iterable[str] | None = None,
     base: ModelConfig | None = None,
     device: str | torch.device = "cpu",
+    fast: bool = True,
 ) -> ModelSet:
     """Load every component found in ``directory`` (ours or the official layout), strictly.
 
     Args:
         components: restrict to these names (each must be present).
         base: the network config for official files (default: the official preset of the variant found).
+        fast: fused VAE numerics (default) or MONAI's own code (``False``; see :func:`maisi.networks.build_vae`).
     """
     d = Path(directory)
     layout = detect_layout(d)
@@ -342,7 +369,7 @@ def load_model_set(
         for name in COMPONENTS:
             sub = d / name
             if (wanted is None and (sub / CONFIG_NAME).is_file()) or (wanted is not None and name in wanted):
-                loaded[name] = load_component(sub, device=device)
+                loaded[name] = load_component(sub, device=device, fast=fast)
                 cfg = dataclasses.replace(cfg, **{name: loaded[name].config})
         top = d / CONFIG_NAME
         if top.is_file():  # model-level facts (schedulers, mask latent shape) saved by save_model_set
@@ -357,9 +384,11 @@ def load_model_set(
         for name, fname in files.items():
             path = odir / fname
             if (wanted is None and path.is_file()) or (wanted is not None and name in wanted):
-                loaded[name] = load_official_component(path, name, cfg, device=device)
+                loaded[name] = load_official_component(path, name, cfg, device=device, fast=fast)
         unet_extra = loaded["unet"].extra if "unet" in loaded else {}
-        if "scale_factor" in unet_extra:  # the official files keep the latent scale in the diffusion checkpoint
+        if (
+            "scale_factor" in unet_extra
+        ):  # the official files keep the latent scale in the diffusion checkpoint
             vae_cfg = dataclasses.replace(cfg.vae, scale_factor=float(unet_extra["scale_factor"]))
             cfg = dataclasses.replace(cfg, vae=vae_cfg)
             if "vae" in loaded:
@@ -383,7 +412,18 @@ def save_model_set(
 
     d = Path(directory)
     for name, comp in model_set.components.items():
-        save_component(d / name, comp.model, getattr(model_set.config, name), component=name, extra=comp.extra,
-                       dtype=dtype, overwrite=overwrite)
-    write_json(d / CONFIG_NAME, {"format": "maisi-model-set", "model": to_dict(model_set.config)}, overwrite=overwrite)
+        save_component(
+            d / name,
+            comp.model,
+            getattr(model_set.config, name),
+            component=name,
+            extra=comp.extra,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+    write_json(
+        d / CONFIG_NAME,
+        {"format": "maisi-model-set", "model": to_dict(model_set.config)},
+        overwrite=overwrite,
+    )
     return d

@@ -1,0 +1,37 @@
+"""``maisi info``: versions, devices, CPU features and installed weights; ``--weights DIR`` loads and counts."""
+
+from __future__ import annotations
+
+import argparse
+
+from maisi import system_info
+from maisi.config import preset
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("info", help="versions, devices and installed weights")
+    p.add_argument("--weights", metavar="DIR", help="load every component in DIR strictly and list them")
+    p.add_argument(
+        "--preset", default=None, help="network preset for official .pt files (default: their variant)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.weights:
+        base = preset(args.preset).model if args.preset else None
+        for name, path, count in system_info.describe_weights(args.weights, base=base):
+            print(f"{name:<12} {path}  {count:,} parameters ({count / 1e6:.1f} M)")
+        return 0
+    print("versions:")
+    for k, v in system_info.versions().items():
+        print(f"  {k:<16} {v}")
+    print("devices:")
+    for d in system_info.devices():
+        print("  " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    print("cpu features:")
+    print("  " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in system_info.cpu_flags().items()))
+    print("weights:")
+    for k, v in system_info.installed_weights().items():
+        print(f"  {k:<16} {v}")
+    return 0

@@ -1,0 +1,113 @@
+"""What ``maisi info`` reports: versions, devices, CPU features, installed weights."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_PACKAGES = (
+    "torch",
+    "monai",
+    "numpy",
+    "scipy",
+    "nibabel",
+    "safetensors",
+    "huggingface_hub",
+    "einops",
+    "tqdm",
+    "tensorboard",
+    "pillow",
+)
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of maisi and its dependencies (``'missing'`` when absent)."""
+    out = {"maisi": _version("maisi"), "python": platform.python_version()}
+    for name in _PACKAGES:
+        out[name] = _version(name)
+    return out
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The CPU features that matter for speed (bf16 kernels, AMX), read from /proc/cpuinfo where available."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {f: f in flags for f in _CPU_FLAGS}
+
+
+def devices() -> list[dict[str, Any]]:
+    """CPU and every CUDA / MPS device with its memory."""
+    out: list[dict[str, Any]] = [
+        {
+            "device": "cpu",
+            "name": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "cores": os.cpu_count(),
+        }
+    ]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            out.append(
+                {
+                    "device": f"cuda:{i}",
+                    "name": p.name,
+                    "memory_gb": round(p.total_memory / 2**30, 1),
+                    "bf16": torch.cuda.is_bf16_supported(),
+                }
+            )
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append({"device": "mps", "name": "Apple Metal"})
+    return out
+
+
+def installed_weights() -> dict[str, str]:
+    """Known weight sets and where they are (or ``'not installed'``)."""
+    from maisi.errors import MaisiError
+    from maisi.networks.checkpoint import detect_layout
+    from maisi.networks.hub import default_weights_dir
+
+    out = {}
+    for variant in ("rflow-ct", "ddpm-ct"):
+        d = default_weights_dir(variant)
+        try:
+            detect_layout(d)
+            out[variant] = str(d)
+        except MaisiError:
+            out[variant] = "not installed"
+    demo = Path(__file__).parent / "demo"
+    out["demo"] = str(demo) if (demo / "vae" / "config.json").is_file() else "not shipped yet"
+    return out
+
+
+def describe_weights(directory: str | os.PathLike, *, base=None) -> list[tuple[str, str, int]]:
+    """Load every component in ``directory`` strictly; one (name, file, parameter count) per component.
+
+    Args:
+        base: network config (:class:`~maisi.config.schema.ModelConfig`) for official ``.pt`` files; default: the
+            official preset of the variant found.
+    """
+    from maisi.networks.builders import count_parameters
+    from maisi.networks.checkpoint import load_model_set
+
+    ms = load_model_set(directory, base=base)
+    return [(name, str(c.path), count_parameters(c.model)) for name, c in ms.components.items()]

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from maisi.config import apply_overlay, config_from_dict, load_config, parse_assignments, preset, to_dict
+from maisi.errors import ConfigError
+
+REF = Path(__file__).resolve().parents[1] / "src" / "maisi" / "resources"
+
+
+@pytest.mark.parametrize(
+    "name,network_file", [("rflow-ct", "config_network_rflow.json"), ("ddpm-ct", "config_network_ddpm.json")]
+)
+def test_official_network_files_equal_presets(name, network_file):
+    cfg = load_config(files=[REF / network_file])
+    assert to_dict(cfg.model) == to_dict(preset(name).model)
+
+
+def test_official_infer_file_maps_keys():
+    cfg = load_config(files=[REF / "config_infer.json"])
+    g = cfg.generate
+    assert g.output_size == (256, 256, 256)
+    assert g.spacing == (1.5, 1.5, 2.0)
+    assert g.anatomy == ("lung tumor",)
+    assert g.body_region == ("chest",)
+    assert g.steps == 30 and g.mask_steps == 1000
+    assert g.decode_window == (48, 48, 48) and g.decode_overlap == pytest.approx(0.6666)
+    assert g.modality == "ct" and g.guidance == 0.0
+
+
+@pytest.mark.parametrize(
+    "fname,task",
+    [
+        ("config_maisi_vae_train.json", "vae"),
+        ("config_maisi_diff_model_rflow-ct.json", "diffusion"),
+        ("config_maisi_controlnet_train_rflow-ct.json", "controlnet"),
+    ],
+)
+def test_official_training_files_load(fname, task):
+    cfg = load_config(files=[REF / fname])
+    assert cfg.train.task == task
+
+
+def test_official_training_values():
+    cfg = load_config(files=[REF / "config_maisi_controlnet_train_rflow-ct.json"])
+    assert cfg.train.weighted_loss_labels == (23,) and cfg.train.weighted_loss == 100.0
+    assert cfg.train.use_region_contrastive_loss is True
+    assert cfg.generate.decode_window == (80, 80, 80)
+
+
+@pytest.mark.parametrize(
+    "fname",
+    [
+        "environment_rflow-ct.json",
+        "environment_maisi_vae_train.json",
+        "environment_maisi_diff_model_rflow-ct.json",
+    ],
+)
+def test_official_environment_files_accepted(fname):
+    load_config(files=[REF / fname])
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path):
+    f = tmp_path / "overlay.json"
+    f.write_text(json.dumps({"train": {"learning_rate": 1e-3}}))
+    with pytest.raises(ConfigError, match=r"overlay\.json.*unknown key 'learning_rate'"):
+        load_config(files=[f])
+
+
+def test_unknown_key_in_official_file(tmp_path):
+    data = json.loads((REF / "config_infer.json").read_text())
+    data["num_inference_stepz"] = 3
+    f = tmp_path / "infer.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"infer\.json: unknown key 'num_inference_stepz'"):
+        load_config(files=[f])
+
+
+def test_unknown_key_in_official_network_definition(tmp_path):
+    data = json.loads((REF / "config_network_rflow.json").read_text())
+    data["autoencoder_def"]["num_chanels"] = [1, 2, 3]
+    f = tmp_path / "net.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"net\.json.*unknown key 'num_chanels'"):
+        load_config(files=[f])
+
+
+def test_overlay_holds_only_differences(tmp_path):
+    f = tmp_path / "o.json"
+    f.write_text(json.dumps({"preset": "tiny", "generate": {"steps": 7}}))
+    cfg = load_config(files=[f])
+    assert cfg.preset == "tiny"
+    assert cfg.generate.steps == 7
+    assert cfg.generate.output_size == preset("tiny").generate.output_size
+
+
+def test_command_line_overrides_parse_json_values():
+    cfg = load_config(
+        preset="tiny", overrides=["train.lr=0.5", "generate.output_size=[32,64,96]", "train.amp=bf16"]
+    )
+    assert cfg.train.lr == 0.5 and cfg.generate.output_size == (32, 64, 96) and cfg.train.amp == "bf16"
+
+
+@pytest.mark.parametrize(
+    "overlay,message",
+    [
+        ({"train": {"lr": "fast"}}, r"train\.lr: expected a number"),
+        ({"train": {"max_steps": 1.5}}, r"train\.max_steps: expected an integer"),
+        ({"train": {"amp": "fp8"}}, r"train\.amp: 'fp8' is not one of"),
+        ({"generate": {"output_size": [64, 64]}}, r"generate\.output_size: expected 3 values"),
+        (
+            {"model": {"vae": {"use_checkpointing": "yes"}}},
+            r"model\.vae\.use_checkpointing: expected true/false",
+        ),
+        ({"model": 3}, r"model: expected an object"),
+    ],
+)
+def test_bad_values_are_named(overlay, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overlay(preset("tiny"), overlay)
+
+
+def test_round_trip_through_dict():
+    for name in ("rflow-ct", "ddpm-ct", "tiny"):
+        cfg = preset(name)
+        assert config_from_dict(to_dict(cfg)) == cfg
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        preset("huge")
+
+
+def test_parse_assignments_rejects_missing_equals():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_assignments(["train.lr"])

@@ -1,0 +1,127 @@
+"""Every preset builds and runs; parameter counts of the official presets; fused paths equal MONAI's."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from maisi.config import preset
+from maisi.networks import build, build_vae, count_parameters, set_fused_attention
+
+OFFICIAL_COUNTS = {  # parameters of NVIDIA's released networks (rflow-ct)
+    "vae": 20_944_897,
+    "unet": 180_500_868,
+    "controlnet": 72_037_072,
+    "mask_vae": 5_256_509,
+    "mask_unet": 197_163_012,
+}
+
+
+def test_rflow_ct_parameter_counts_equal_official():
+    m = preset("rflow-ct").model
+    with torch.device("meta"):
+        counts = {name: count_parameters(build(name, m)) for name in OFFICIAL_COUNTS}
+    assert counts == OFFICIAL_COUNTS
+    assert {k: round(v / 1e6, 1) for k, v in counts.items()} == {
+        "vae": 20.9,
+        "unet": 180.5,
+        "controlnet": 72.0,
+        "mask_vae": 5.3,
+        "mask_unet": 197.2,
+    }
+
+
+def test_tiny_networks_are_small():
+    m = preset("tiny").model
+    for name in ("vae", "unet", "controlnet", "mask_vae", "mask_unet", "discriminator"):
+        assert count_parameters(build(name, m)) < 3_000_000, name
+
+
+def _unet_inputs(cfg, latent=(8, 8, 8), batch=1):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.unet.in_channels, *latent, generator=g)
+    kw = {"spacing_tensor": torch.tensor([[1.5, 1.5, 2.0]] * batch) * 100}
+    if cfg.unet.num_class_embeds:
+        kw["class_labels"] = torch.ones(batch, dtype=torch.long)
+    if cfg.unet.include_top_region_index_input:
+        kw["top_region_index_tensor"] = torch.tensor([[0.0, 1.0, 0.0, 0.0]] * batch)
+        kw["bottom_region_index_tensor"] = torch.tensor([[0.0, 0.0, 1.0, 0.0]] * batch)
+    return x, torch.tensor([500.0] * batch), kw
+
+
+@pytest.mark.parametrize("name", ["tiny", "rflow-ct", "ddpm-ct"])
+def test_preset_forward_shapes_cpu_fp32(name):
+    torch.manual_seed(0)
+    m = preset(name).model
+    with torch.no_grad():
+        vae = build("vae", m).eval()
+        img = torch.rand(1, 1, 32, 32, 32)
+        mu, sigma = vae.encode(img)
+        assert mu.shape == (1, 4, 8, 8, 8) and sigma.shape == mu.shape
+        assert vae.decode(mu).shape == (1, 1, 32, 32, 32)
+        unet = build("unet", m).eval()
+        x, t, kw = _unet_inputs(m)
+        out = unet(x, t, **kw)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        control = build("controlnet", m).eval()
+        cond = torch.rand(1, 8, 32, 32, 32)
+        cls = kw.get("class_labels")
+        down, mid = control(x=x, timesteps=t, controlnet_cond=cond, class_labels=cls)
+        out2 = unet(x, t, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kw)
+        assert out2.shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["tiny", "rflow-ct"])
+def test_mask_models_forward_shapes(name):
+    torch.manual_seed(0)
+    m = preset(name).model
+    with torch.no_grad():
+        mvae = build("mask_vae", m).eval()
+        z = torch.randn(1, 4, 8, 8, 8)
+        assert mvae.decode(z).shape == (1, 125, 32, 32, 32)
+        assert mvae.encode(torch.rand(1, 8, 32, 32, 32))[0].shape == (1, 4, 8, 8, 8)
+        munet = build("mask_unet", m).eval()
+        out = munet(z, torch.tensor([10]), context=torch.rand(1, 1, 10))
+        assert out.shape == z.shape
+
+
+def test_fused_vae_equals_monai_reference():
+    from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi
+
+    cfg = dataclasses.replace(preset("tiny").model.vae, num_splits=2)
+    kw = dataclasses.asdict(cfg)
+    kw.pop("scale_factor")
+    kw["norm_float16"] = False
+    torch.manual_seed(0)
+    ref = AutoencoderKlMaisi(**kw).eval()
+    ours = build_vae(cfg).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = ref.decode(ref.encode(x)[0])
+        b = ours.decode(ours.encode(x)[0])
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_fused_attention_equals_plain():
+    torch.manual_seed(0)
+    m = preset("tiny").model
+    unet = build("unet", m).eval()
+    x, t, kw = _unet_inputs(m)
+    with torch.no_grad():
+        fused = unet(x, t, **kw)
+        plain = set_fused_attention(unet, False)(x, t, **kw)
+    assert (fused - plain).abs().max().item() <= 1e-5
+
+
+def test_unet_batch_equals_single():
+    torch.manual_seed(0)
+    m = preset("tiny").model
+    unet = build("unet", m).eval()
+    x, t, kw = _unet_inputs(m, batch=2)
+    with torch.no_grad():
+        both = unet(x, t, **kw)
+        one = unet(x[:1], t[:1], **{k: v[:1] for k, v in kw.items()})
+    assert (both[:1] - one).abs().max().item() <= 1e-5
