@@ -1,0 +1,61 @@
+"""``maisi prepare``: resample images (and label maps) to MAISI-ready volumes plus a datalist JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from maisi.data.prepare import prepare
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("prepare", help="resample NIfTI images/labels and write a MAISI datalist")
+    p.add_argument("--images", nargs="+", required=True, help="a folder of images, or image files")
+    p.add_argument(
+        "--labels", nargs="+", default=None, help="a folder of label maps, or label files (same order)"
+    )
+    p.add_argument("--output-dir", required=True)
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("SX", "SY", "SZ"),
+        help="target voxel spacing in mm (default: keep)",
+    )
+    p.add_argument(
+        "--divisor", type=int, default=128, help="pad each axis to a multiple of this (0: no padding)"
+    )
+    p.add_argument("--modality", default="ct", choices=["ct", "mri"])
+    p.add_argument(
+        "--label-set",
+        default="auto",
+        help="auto, maisi, totalsegmentator, or a JSON file mapping source ids to MAISI ids",
+    )
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--unknown-labels", default="error", choices=["error", "background"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _one_or_many(values: list[str] | None):
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 and Path(values[0]).is_dir() else values
+
+
+def run(args: argparse.Namespace) -> int:
+    datalist = prepare(
+        images=_one_or_many(args.images),
+        labels=_one_or_many(args.labels),
+        output_dir=args.output_dir,
+        spacing=args.spacing,
+        divisor=args.divisor or None,
+        modality=args.modality,
+        label_set=args.label_set,
+        folds=args.folds,
+        unknown_labels=args.unknown_labels,
+        overwrite=args.overwrite,
+    )
+    print(datalist)
+    return 0
