@@ -32,7 +32,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         raise OutputExistsError(f"{target}: already exists; refusing to overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     # keep the real suffix last so format-sniffing writers (nibabel) see ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -54,7 +56,9 @@ def write_json(path: str | os.PathLike, obj: Any, *, overwrite: bool = False) ->
     """Write ``obj`` as indented JSON atomically."""
 
     def _write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", encoding="utf-8"
+        )
 
     return atomic_write(path, _write, overwrite=overwrite)
 

@@ -86,7 +86,9 @@ def id_of(name: str) -> int:
     for n, i in LABELS.items():
         if n.lower() == key:
             return i
-    raise DataError(f"unknown anatomy name {name!r}; known names are the keys of label_dict.json, e.g. 'liver'")
+    raise DataError(
+        f"unknown anatomy name {name!r}; known names are the keys of label_dict.json, e.g. 'liver'"
+    )
 
 
 def name_of(label_id: int) -> str:
@@ -117,7 +119,13 @@ def region_one_hot(index: int) -> list[float]:
 
 def region_index(name: str) -> int:
     """Index of a region name (accepts 'head', 'chest', 'abdomen', 'lower' and common synonyms)."""
-    synonyms = {"head_neck": "head", "neck": "head", "thorax": "chest", "pelvis": "lower", "lower_body": "lower"}
+    synonyms = {
+        "head_neck": "head",
+        "neck": "head",
+        "thorax": "chest",
+        "pelvis": "lower",
+        "lower_body": "lower",
+    }
     key = synonyms.get(name.strip().lower().replace(" ", "_"), name.strip().lower())
     if key not in REGIONS:
         raise ValueError(f"unknown body region {name!r}; expected one of {list(REGIONS)}")
