@@ -1,0 +1,141 @@
+"""``maisi generate``: image/label pairs from a request, a user mask, a mask database, the mask model or phantoms.
+
+Each option maps onto one field of :class:`maisi.config.GenerateConfig` (``--output-size`` -> ``output_size``,
+...); ``--config`` also accepts NVIDIA's ``config_infer.json``. The command builds the config and calls
+:func:`maisi.generation.generate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from maisi.cli.common import add_config_args, print_config, resolve_config
+from maisi.errors import RequestError
+
+#: option dest -> GenerateConfig field, for options whose value is copied as given
+_FIELDS = {
+    "weights": "weights",
+    "output_size": "output_size",
+    "spacing": "spacing",
+    "body_region": "body_region",
+    "anatomy": "anatomy",
+    "mask": "mask",
+    "mask_source": "mask_source",
+    "mask_database": "mask_database",
+    "keep_only": "keep_only",
+    "num_samples": "num_samples",
+    "steps": "steps",
+    "mask_steps": "mask_steps",
+    "guidance": "guidance",
+    "modality": "modality",
+    "seed": "seed",
+    "device": "device",
+    "dtype": "dtype",
+    "output_dir": "output_dir",
+    "initial_noise": "initial_noise",
+    "qc_retries": "qc_retries",
+    "decode_window": "decode_window",
+    "decode_overlap": "decode_overlap",
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate CT images with paired label maps",
+        description="Generate CT image/label pairs. Options override --config files (ours or config_infer.json).",
+    )
+    add_config_args(p)
+    g = p.add_argument_group("request")
+    g.add_argument("--weights", metavar="demo|rflow-ct|ddpm-ct|DIR", help="weights to use")
+    g.add_argument(
+        "--output-size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="voxels, multiples of 32"
+    )
+    g.add_argument("--spacing", nargs=3, type=float, metavar=("SX", "SY", "SZ"), help="voxel size in mm")
+    g.add_argument("--body-region", nargs="+", metavar="REGION", help="head, chest, abdomen, lower")
+    g.add_argument(
+        "--anatomy", nargs="+", metavar="NAME", help="anatomy the mask must contain (label_dict names)"
+    )
+    g.add_argument(
+        "--organ-size",
+        nargs="+",
+        metavar="NAME=VALUE",
+        help='relative sizes, e.g. liver=0.5 "hepatic tumor"=0.3',
+    )
+    g.add_argument("--mask", metavar="FILE", help="your own label map (MAISI or TotalSegmentator ids)")
+    g.add_argument("--mask-source", choices=["auto", "file", "database", "model", "phantom"])
+    g.add_argument("--mask-database", metavar="DIR|JSON", help="mask folder indexed by `maisi masks index`")
+    g.add_argument(
+        "--label-set", metavar="maisi|totalsegmentator|FILE", help="vocabulary of --mask (default auto)"
+    )
+    g.add_argument("--keep-only", nargs="+", metavar="NAME", help="write only these labels (MAISI ids kept)")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--num-samples", type=int, metavar="N")
+    s.add_argument("--steps", type=int, metavar="K", help="sampling steps (rflow default 30)")
+    s.add_argument("--mask-steps", type=int, metavar="K", help="mask-model DDPM steps (default 1000)")
+    s.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale (0 = off)")
+    s.add_argument("--modality", metavar="NAME", help="modality class (default ct)")
+    s.add_argument("--seed", type=int, metavar="S")
+    s.add_argument("--initial-noise", metavar="FILE", help="fixed initial latent (.pt, .npy or .safetensors)")
+    s.add_argument(
+        "--decode-window", nargs=3, type=int, metavar=("X", "Y", "Z"), help="decode window (latent voxels)"
+    )
+    s.add_argument("--decode-overlap", type=float, metavar="F")
+    s.add_argument("--batch-size", type=int, default=1, metavar="B", help="samples sampled together")
+    r = p.add_argument_group("running and output")
+    r.add_argument("--device", metavar="cpu|cuda|mps")
+    r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    r.add_argument("--output-dir", metavar="DIR")
+    r.add_argument("--qc-retries", type=int, metavar="N", help="new attempts when the quality check fails")
+    r.add_argument("--no-qc", action="store_true", help="skip the organ median-HU quality check")
+    r.add_argument("--no-preview", action="store_true", help="do not write PNG previews")
+    r.add_argument("--progress", action="store_true", help="show progress bars")
+    p.set_defaults(func=run)
+
+
+def parse_organ_sizes(items: list[str]) -> dict[str, float]:
+    """``["liver=0.5", "hepatic tumor=0.3"]`` -> ``{"liver": 0.5, "hepatic tumor": 0.3}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip():
+            raise RequestError(f"--organ-size: expected NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise RequestError(f"--organ-size: {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user gave, as a config overlay."""
+    gen: dict[str, Any] = {f: getattr(args, a) for a, f in _FIELDS.items() if getattr(args, a) is not None}
+    if args.organ_size is not None:
+        gen["organ_sizes"] = parse_organ_sizes(args.organ_size)
+    if args.no_qc:
+        gen["qc"] = False
+    if args.no_preview:
+        gen["preview"] = False
+    out: dict[str, Any] = {"generate": gen} if gen else {}
+    if args.label_set is not None:
+        out["data"] = {"label_set": args.label_set}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from maisi.generation import generate
+
+    cfg = resolve_config(args, overlay_from_args(args))
+    if args.dry_run:
+        print_config(cfg)
+        return 0
+    fit = cfg.generate.mask is not None and (args.output_size is not None or args.spacing is not None)
+    samples = generate(cfg, batch_size=args.batch_size, fit_mask_to_request=fit, progress=args.progress)
+    for s in samples:
+        qc = s.metadata["qc"]
+        state = "qc off" if not qc["enabled"] else "qc passed" if qc["passed"] else "qc FAILED (kept)"
+        print(f"sample {s.index}: {s.paths.get('image')} {s.paths.get('label')} ({state})")
+    if not samples:
+        print(f"nothing to do: every sample is already in {cfg.generate.output_dir}")
+    return 0

@@ -1,0 +1,34 @@
+"""Generation: request -> mask source -> latent sampling -> tiled decode -> quality check -> outputs.
+
+Typical use::
+
+    from maisi.config import load_config
+    from maisi.generation import generate
+
+    cfg = load_config(preset="tiny", overrides=["generate.weights=runs/tiny/model", "generate.num_samples=2"])
+    samples = generate(cfg)          # writes cfg.generate.output_dir/sample_00000_image.nii.gz, ...
+    samples[0].image, samples[0].label, samples[0].metadata
+"""
+
+from __future__ import annotations
+
+from maisi.generation.mask_sources import (
+    FileMaskSource,
+    MaskSample,
+    MaskSource,
+    PhantomMaskSource,
+    make_mask_source,
+)
+from maisi.generation.pipeline import Sample, generate
+from maisi.generation.request import validate_request
+
+__all__ = [
+    "FileMaskSource",
+    "MaskSample",
+    "MaskSource",
+    "PhantomMaskSource",
+    "Sample",
+    "generate",
+    "make_mask_source",
+    "validate_request",
+]

@@ -1,0 +1,104 @@
+"""Writing one generated sample: image NIfTI, label NIfTI, PNG preview, JSON sidecar — atomically, never overwriting.
+
+File names derive from the sample index only (``sample_00003_image.nii.gz``, ``..._label.nii.gz``,
+``..._preview.png``, ``sample_00003.json``), so processes sharing an output folder never collide. The sidecar is
+written last: a sample whose sidecar exists is complete, and re-running the same command skips it (resume); a
+sample with files but no sidecar is an interrupted write and is reported, not overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maisi.io import OutputExistsError, atomic_write, write_json
+
+PREFIX = "sample_"
+
+
+def sample_paths(
+    output_dir: str | os.PathLike,
+    index: int,
+    *,
+    image_ext: str = ".nii.gz",
+    label_ext: str = ".nii.gz",
+    preview: bool = True,
+) -> dict[str, Path]:
+    """Output files of sample ``index`` (keys ``image``, ``label``, ``preview`` (when wanted), ``sidecar``)."""
+    d = Path(output_dir)
+    stem = f"{PREFIX}{index:05d}"
+    paths = {"image": d / f"{stem}_image{image_ext}", "label": d / f"{stem}_label{label_ext}"}
+    if preview:
+        paths["preview"] = d / f"{stem}_preview.png"
+    paths["sidecar"] = d / f"{stem}.json"
+    return paths
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A sidecar's content, or None when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def existing_state(paths: dict[str, Path], request_digest: str) -> str:
+    """``"absent"`` (nothing written), ``"complete"`` (same request done before: skip) — or raise.
+
+    Raises:
+        OutputExistsError: files from an interrupted write, or a complete sample made by a different request.
+    """
+    present = [p for p in paths.values() if p.exists()]
+    if not present:
+        return "absent"
+    sidecar = paths["sidecar"]
+    if not sidecar.exists():
+        raise OutputExistsError(
+            f"{present[0]}: already exists (incomplete sample from an earlier run); remove it or "
+            "choose another --output-dir"
+        )
+    meta = read_sidecar(sidecar)
+    if meta is None or meta.get("request_digest") != request_digest:
+        raise OutputExistsError(
+            f"{sidecar}: already exists from a different request; refusing to overwrite "
+            "(choose another --output-dir)"
+        )
+    return "complete"
+
+
+def write_sample(
+    paths: dict[str, Path],
+    *,
+    image: np.ndarray,
+    label: np.ndarray,
+    affine: np.ndarray,
+    spacing: Any,
+    sidecar: dict[str, Any],
+    preview_label: np.ndarray | None = None,
+) -> dict[str, str]:
+    """Write the files of one sample (sidecar last); returns ``{kind: path}``.
+
+    Args:
+        image: (X, Y, Z) int16 HU (or float32 for non-CT modalities).
+        label: (X, Y, Z) uint8 MAISI ids (as written: full or filtered).
+        preview_label: label map shown in the preview (default ``label``).
+    """
+    from maisi.data.nifti import save_nifti
+    from maisi.generation.preview import preview_png
+
+    written = {}
+    save_nifti(paths["image"], image, affine, dtype=image.dtype)
+    written["image"] = str(paths["image"])
+    save_nifti(paths["label"], label, affine, dtype=np.uint8)
+    written["label"] = str(paths["label"])
+    if "preview" in paths:
+        png = preview_png(image, label if preview_label is None else preview_label, spacing)
+        atomic_write(paths["preview"], lambda tmp: tmp.write_bytes(png))
+        written["preview"] = str(paths["preview"])
+    written["sidecar"] = str(paths["sidecar"])
+    write_json(paths["sidecar"], {**sidecar, "files": {k: Path(v).name for k, v in written.items()}})
+    return written
