@@ -1,0 +1,52 @@
+"""``maisi encode``: VAE-encode a prepared datalist to latents (posterior mean + log-variance), in bounded memory.
+
+Runs under ``torchrun`` too: each rank encodes its share of the datalist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from maisi.cli.common import add_config_args, print_config, resolve_config
+from maisi.data.encode import encode_dataset
+from maisi.latents import LatentCodec
+from maisi.networks.checkpoint import load_model_set
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("encode", help="encode prepared images to latents with the VAE")
+    p.add_argument("--data", required=True, help="datalist JSON written by maisi prepare or maisi phantom")
+    p.add_argument(
+        "--weights", required=True, help="model-set folder holding the VAE (ours or official layout)"
+    )
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--overwrite", action="store_true")
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if args.dry_run:
+        print_config(cfg)
+        return 0
+    ms = load_model_set(args.weights, components=["vae"], base=cfg.model, device=args.device)
+    cfg.model = ms.config
+    codec = LatentCodec.from_config(cfg, vae=ms["vae"], device=args.device, progress=False)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    with torch.no_grad():
+        written = encode_dataset(
+            datalist=args.data,
+            codec=codec,
+            output_dir=args.output_dir,
+            modality=cfg.data.modality,
+            overwrite=args.overwrite,
+            rank=rank,
+            world_size=world,
+        )
+    print(f"encoded {len(written)} volumes into {args.output_dir}")
+    return 0

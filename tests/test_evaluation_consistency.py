@@ -1,0 +1,140 @@
+"""Dice with known answers, consistency over a pairs folder, and the small segmenter (train, save, load, run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from maisi.data.nifti import Volume, save_nifti
+from maisi.errors import CheckpointError, ConfigError
+from maisi.evaluation.consistency import dice, dice_per_group, dice_per_label, evaluate_consistency
+from maisi.evaluation.segmenter import Segmenter, read_spec, train_segmenter
+
+AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
+TINY_NET = {
+    "name": "UNet",
+    "kwargs": {"spatial_dims": 3, "in_channels": 1, "channels": [4, 8], "strides": [2], "num_res_units": 0},
+}
+
+
+def cube(shape=(24, 24, 24), corner=(4, 4, 4), size=10, value=1):
+    m = np.zeros(shape, dtype=np.uint8)
+    x, y, z = corner
+    m[x : x + size, y : y + size, z : z + size] = value
+    return m
+
+
+def test_dice_of_a_mask_with_itself_is_one():
+    m = cube()
+    assert dice(m, m) == 1.0
+    assert dice_per_label(m * 5, m * 5) == {5: 1.0}
+
+
+def test_dice_of_a_shifted_cube_has_the_exact_value():
+    a = cube(corner=(4, 4, 4))
+    b = cube(corner=(6, 4, 4))  # 10^3 cube moved 2 voxels: overlap 8 x 10 x 10
+    assert dice(a, b) == pytest.approx(2 * 800 / 2000)  # 0.8
+    c = cube(corner=(6, 7, 4))  # moved 2 and 3 voxels: overlap 8 x 7 x 10
+    assert dice(a, c) == pytest.approx(2 * 560 / 2000)
+    assert dice(a, np.zeros_like(a)) == 0.0
+    assert np.isnan(dice(np.zeros_like(a), np.zeros_like(a)))
+
+
+def test_dice_per_label_and_group():
+    ref = cube(corner=(2, 2, 2), size=6, value=1) + cube(corner=(12, 12, 12), size=6, value=3)
+    pred = ref.copy()
+    pred[pred == 3] = 0
+    pred += cube(corner=(14, 12, 12), size=6, value=3)  # spleen shifted by 2: overlap 4 x 6 x 6
+    assert dice_per_label(pred, ref) == {1: 1.0, 3: pytest.approx(2 * 144 / 432)}
+    assert dice_per_label(pred, ref, label_ids=[1, 7]) == {1: 1.0}  # 7 absent in both: skipped
+    groups = dice_per_group(pred, ref)
+    assert groups == {"liver": 1.0, "spleen": pytest.approx(2 * 144 / 432)}
+
+
+def write_pairs(folder, n=2, shape=(24, 24, 24)):
+    """Pairs with a liver cube (60 HU) and a spleen cube (120 HU) in air (-1000 HU) inside a body (0 HU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = cube(shape, corner=(2, 2, 2), size=20, value=200)
+        label[cube(shape, corner=(4 + i, 4, 4), size=8) > 0] = 1
+        label[cube(shape, corner=(13, 13, 12 - i), size=6) > 0] = 3
+        image = np.full(shape, -1000.0, np.float32)
+        image[label == 200], image[label == 1], image[label == 3] = 0.0, 60.0, 120.0
+        save_nifti(folder / f"s{i}_image.nii.gz", image, AFFINE)
+        save_nifti(folder / f"s{i}_label.nii.gz", label, AFFINE)
+        (folder / f"s{i}.json").write_text(json.dumps({"index": i}))
+    return folder
+
+
+def test_consistency_with_a_known_segmenter(tmp_path):
+    pairs = write_pairs(tmp_path / "gen")
+
+    def shifted(volume: Volume) -> np.ndarray:
+        # a "segmenter" that labels the organs by intensity, one voxel off along X
+        label = np.zeros(volume.shape, np.uint8)
+        label[volume.array == 60.0] = 1
+        label[volume.array == 120.0] = 3
+        return np.roll(label, 1, axis=0)
+
+    shifted.labels = (1, 3)
+    r = evaluate_consistency(pairs, shifted, out=tmp_path / "c.json")
+    assert [c["name"] for c in r["cases"]] == ["s0", "s1"]
+    # 8^3 cube moved by 1: overlap 7 x 8 x 8; 6^3 cube: 5 x 6 x 6
+    assert r["labels"]["1"]["mean"] == pytest.approx(2 * 448 / 1024)
+    assert r["labels"]["3"]["mean"] == pytest.approx(2 * 180 / 432)
+    assert r["mean_dice"] == pytest.approx((2 * 448 / 1024 + 2 * 180 / 432) / 2)
+    assert "200" not in r["labels"]  # the body envelope is not scored
+    assert json.loads((tmp_path / "c.json").read_text())["mean_dice"] == pytest.approx(r["mean_dice"])
+
+
+def test_train_segmenter_save_load_and_evaluate(tmp_path):
+    pairs = write_pairs(tmp_path / "train")
+    folder = train_segmenter(
+        pairs, tmp_path / "run", steps=2, seed=3, roi_size=(16, 16, 16), network=TINY_NET
+    )
+    spec = read_spec(folder)
+    assert spec.labels == (1, 3) and spec.spacing == (4.0, 4.0, 4.0) and spec.roi_size == (16, 16, 16)
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["log"][-1]["step"] == 2 and np.isfinite(log["log"][-1]["loss"])
+    seg = Segmenter.load(tmp_path / "run")  # a run folder resolves to its segmenter/
+    from maisi.data.nifti import load_nifti
+
+    out = seg(load_nifti(pairs / "s0_image.nii.gz"))
+    assert out.shape == (24, 24, 24) and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 1, 3}
+    r = evaluate_consistency(pairs, tmp_path / "run")
+    assert set(r["labels"]) == {"1", "3"} and 0.0 <= r["mean_dice"] <= 1.0
+    # same seed, same weights
+    again = train_segmenter(
+        pairs, tmp_path / "run2", steps=2, seed=3, roi_size=(16, 16, 16), network=TINY_NET
+    )
+    a, b = Segmenter.load(folder).model.state_dict(), Segmenter.load(again).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointError, match="already holds a segmenter"):
+        train_segmenter(pairs, tmp_path / "run", steps=1, roi_size=(16, 16, 16), network=TINY_NET)
+
+
+@pytest.mark.slow
+def test_segmenter_learns_an_intensity_task(tmp_path):
+    pairs = write_pairs(tmp_path / "train", n=2)
+    folder = train_segmenter(
+        pairs, tmp_path / "run", steps=200, seed=0, roi_size=(16, 16, 16), lr=1e-2, network=TINY_NET
+    )
+    r = evaluate_consistency(pairs, folder)
+    assert r["labels"]["1"]["mean"] > 0.8 and r["labels"]["3"]["mean"] > 0.8
+
+
+def test_segmenter_config_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not a segmenter folder"):
+        Segmenter.load(tmp_path)
+    (tmp_path / "config.json").write_text(
+        json.dumps({"format": "maisi-segmenter", "labels": [1], "network": {"name": "os.system"}})
+    )
+    with pytest.raises(ConfigError, match="not a class of monai.networks.nets"):
+        Segmenter.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "maisi-segmenter", "labels": [999]}))
+    with pytest.raises(Exception, match="999"):
+        Segmenter.load(tmp_path)
