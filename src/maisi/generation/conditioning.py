@@ -80,19 +80,30 @@ def regions_for(label: np.ndarray, requested: Sequence[int]) -> tuple[int, int]:
     return found[0], found[-1]
 
 
-def without_tumors(label: np.ndarray) -> np.ndarray:
-    """The label map with every tumour relabelled as its host organ (the unconditional control of tumour-presence
-    guidance, MAISI-v2): a tumour's voxels take the host id most common around it, else the first host id."""
-    out = np.array(label, copy=True)
-    for tumor, hosts in labels.TUMOR_HOSTS.items():
-        sel = out == tumor
-        if not sel.any():
-            continue
-        from scipy import ndimage as ndi
+#: Tumour (and cyst) id -> the organ id it becomes in the unconditional control map (the official rule).
+TUMOR_TO_ORGAN: dict[int, int] = {26: 1, 24: 4, 27: 62, 116: 14, 117: 5}
 
-        ring = ndi.binary_dilation(sel, iterations=2) & ~sel
-        around = out[ring]
-        counts = [(int(np.count_nonzero(around == h)), h) for h in hosts]
-        best = max(counts)[1] if max(counts)[0] > 0 else hosts[0]
-        out[sel] = best
+
+def without_tumors(label: np.ndarray) -> np.ndarray:
+    """The label map with its tumours removed: the unconditional control of tumour-presence guidance (MAISI-v2).
+
+    Follows the official rule: hepatic, pancreatic and colon tumours and the kidney cysts take their organ's id
+    (:data:`TUMOR_TO_ORGAN`); lung-tumour voxels take the lung lobe most frequent in the one-voxel ring around them
+    (ties -> the smaller id; no lobe in the ring -> the volume's most frequent lobe); bone lesions (128) stay, as
+    the official pipeline leaves them.
+    """
+    from scipy import ndimage as ndi
+
+    out = np.array(label, copy=True)
+    for tumor, organ in TUMOR_TO_ORGAN.items():
+        out[label == tumor] = organ
+    lung_tumor = out == labels.TUMORS["lung tumor"]
+    if lung_tumor.any():
+        lobes = np.asarray(labels.LUNG_LOBES)
+        ring = ndi.binary_dilation(lung_tumor, structure=np.ones((3, 3, 3), bool)) & ~lung_tumor
+        around = out[ring & np.isin(out, lobes)]
+        pool = around if around.size else out[np.isin(out, lobes)]
+        if pool.size:
+            counts = np.array([np.count_nonzero(pool == lobe) for lobe in lobes])
+            out[lung_tumor] = lobes[int(np.argmax(counts))]  # argmax takes the first (smallest id) on ties
     return out
