@@ -326,6 +326,20 @@ def official_variant(directory: str | os.PathLike) -> str:
     return "rflow-ct"
 
 
+def _official_extras(path: Path) -> dict[str, Any]:
+    """The non-tensor entries (``scale_factor``, ...) of an official file, memory-mapped: no weights are read."""
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, pickle.UnpicklingError, OSError) as e:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})"
+            ) from None
+    if not isinstance(obj, Mapping):
+        return {}
+    return {k: _plain(v) for k, v in obj.items() if not isinstance(v, Mapping)}
+
+
 def load_official_component(
     path: str | os.PathLike,
     name: str,
@@ -385,14 +399,21 @@ def load_model_set(
             path = odir / fname
             if (wanted is None and path.is_file()) or (wanted is not None and name in wanted):
                 loaded[name] = load_official_component(path, name, cfg, device=device, fast=fast)
-        unet_extra = loaded["unet"].extra if "unet" in loaded else {}
-        if (
-            "scale_factor" in unet_extra
-        ):  # the official files keep the latent scale in the diffusion checkpoint
-            vae_cfg = dataclasses.replace(cfg.vae, scale_factor=float(unet_extra["scale_factor"]))
-            cfg = dataclasses.replace(cfg, vae=vae_cfg)
-            if "vae" in loaded:
-                loaded["vae"].config = vae_cfg
+        # the official files keep each latent scale factor in the diffusion checkpoint that consumes the latents
+        for vae_name, unet_name in (("vae", "unet"), ("mask_vae", "mask_unet")):
+            if unet_name in loaded:
+                extra = loaded[unet_name].extra
+            elif (odir / files[unet_name]).is_file():
+                extra = _official_extras(odir / files[unet_name])
+            else:
+                continue
+            if "scale_factor" in extra:
+                vae_cfg = dataclasses.replace(
+                    getattr(cfg, vae_name), scale_factor=float(extra["scale_factor"])
+                )
+                cfg = dataclasses.replace(cfg, **{vae_name: vae_cfg})
+                if vae_name in loaded:
+                    loaded[vae_name].config = vae_cfg
     if wanted is not None:
         missing = [n for n in wanted if n not in loaded]
         if missing:
