@@ -26,6 +26,7 @@ from maisi.generation.mask_sources import MaskSample, MaskSource, choose_source_
 from maisi.generation.request import check_body_region, modality_id, validate_request
 from maisi.generation.seeds import derive_seed, dist_env, shard, torch_generator
 from maisi.generation.synthesis import latent_shape, synthesise, unit_to_hu
+from maisi.performance import Speedups, dtype_warning
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _Run:
     noise_source: str | None
     weights: dict[str, Any]
     progress: bool
+    speedups: Speedups
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -129,6 +131,7 @@ def _prepare(
     mask_source: MaskSource | None,
     fit_mask_to_request: bool,
     progress: bool,
+    speedups: Speedups,
 ) -> _Run:
     from maisi.diffusion import scheduler_from_config
     from maisi.generation.noise import load_noise
@@ -185,6 +188,7 @@ def _prepare(
         noise_source=noise_source,
         weights=weights_identity(model_set),
         progress=progress,
+        speedups=speedups,
     )
 
 
@@ -201,6 +205,7 @@ def generate(
     fit_mask_to_request: bool = False,
     return_unit: bool = False,
     progress: bool = False,
+    speedups: Speedups | None = None,
 ) -> list[Sample]:
     """Generate image/label pairs.
 
@@ -220,6 +225,9 @@ def generate(
         fit_mask_to_request: fit a ``--mask`` file to ``output_size``/``spacing`` instead of its nearest valid grid.
         return_unit: keep the [0, 1] image before rounding (``Sample.unit``).
         progress: show progress bars.
+        speedups: :class:`maisi.performance.Speedups` (default ``Speedups()``: the ControlNet conditioning computed
+            once, packed oneDNN convolutions on CPU, files written while the next sample is made);
+            :data:`maisi.performance.PLAIN` turns every one off.
 
     Returns:
         The samples this process made, by index (skipped ones are not returned).
@@ -234,6 +242,7 @@ def generate(
         mask_source=mask_source,
         fit_mask_to_request=fit_mask_to_request,
         progress=progress,
+        speedups=Speedups() if speedups is None else speedups,
     )
     rank, world, _ = dist_env()
     todo = shard(list(range(run.gen.num_samples)) if indices is None else list(indices), rank, world)
@@ -242,18 +251,53 @@ def generate(
         _write_run_config(cfg, run)
     samples = []
     logged: set[str] = set()
-    for start in range(0, len(todo), batch_size):
-        for s in _make_batch(
-            run, todo[start : start + batch_size], rank=rank, world=world, return_unit=return_unit
-        ):
-            for w in s.metadata["warnings"]:
-                if w not in logged:  # say what changed once per run, not once per sample
-                    logged.add(w)
-                    log.warning("maisi generate: %s", w)
-            if write:
-                _write(run, s)
-            samples.append(s)
+    slow = dtype_warning(run.device, run.gen.dtype)
+    if slow:
+        log.warning("maisi generate: %s", slow)
+    with _Writer(background=write and run.speedups.overlap_write) as writer:
+        for start in range(0, len(todo), batch_size):
+            for s in _make_batch(
+                run, todo[start : start + batch_size], rank=rank, world=world, return_unit=return_unit
+            ):
+                for w in s.metadata["warnings"]:
+                    if w not in logged:  # say what changed once per run, not once per sample
+                        logged.add(w)
+                        log.warning("maisi generate: %s", w)
+                if write:
+                    writer.submit(_write, run, s)
+                samples.append(s)
     return samples
+
+
+class _Writer:
+    """Runs the writes of finished samples in one background thread (compression releases the GIL, so the next
+    sample is sampled and decoded meanwhile), or inline; leaving the block waits for every write and re-raises the
+    first error."""
+
+    def __init__(self, *, background: bool) -> None:
+        self.background = background
+        self.pool: Any = None
+        self.futures: list[Any] = []
+
+    def __enter__(self) -> _Writer:
+        if self.background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maisi-write")
+        return self
+
+    def submit(self, fn, *args) -> None:
+        if self.pool is None:
+            fn(*args)
+        else:
+            self.futures.append(self.pool.submit(fn, *args))
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            if exc_type is None:  # an error of the main loop wins over a write error
+                for f in self.futures:
+                    f.result()
 
 
 def _skip_complete(run: _Run, todo: list[int]) -> list[int]:
@@ -328,6 +372,7 @@ def _attempt(
             device=run.device,
             dtype=run.gen.dtype,
             progress=run.progress,
+            speedups=run.speedups,
         )
         for j, k in enumerate(ks):
             out[k] = (masks[k], unit[j, 0], {"mask_s": round(t_mask, 4), **timings, "batch": len(ks)})

@@ -27,6 +27,7 @@ from maisi.generation.conditioning import (
     without_tumors,
 )
 from maisi.generation.mask_sources import MaskSample
+from maisi.performance import Speedups, accelerate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -105,6 +106,7 @@ def synthesise(
     device: torch.device | str = "cpu",
     dtype: str = "float32",
     progress: bool = False,
+    speedups: Speedups | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sample and decode a batch.
 
@@ -112,6 +114,8 @@ def synthesise(
         masks: label maps of one grid ``(X, Y, Z)``.
         noise: initial latents ``(B, C, X/d, Y/d, Z/d)``.
         step_generators: one per sample, for stochastic schedulers (DDPM).
+        speedups: :class:`maisi.performance.Speedups` applied to the UNet, ControlNet and VAE for this call
+            (default: none; :func:`maisi.generation.generate` passes its own).
 
     Returns:
         ``(image in [0, 1] (B, 1, X, Y, Z) float32 on the CPU, with 0 outside the body; timings in seconds)``.
@@ -132,19 +136,22 @@ def synthesise(
         device=device,
         dtype=DTYPES[dtype],
     )
-    with torch.inference_mode():
-        latent = sample(
-            denoiser,
-            scheduler,
-            noise.to(device, torch.float32),
-            num_steps=steps,
-            generator=list(step_generators) if step_generators else None,
-            progress=progress,
-        )
-    _sync(device)
-    t1 = time.perf_counter()
-    image = codec.decode(latent)
-    t2 = time.perf_counter()
+    networks = [model_set["unet"], model_set["controlnet"], codec.vae]
+    with accelerate(networks, speedups, device=device):
+        with torch.inference_mode():
+            latent = sample(
+                denoiser,
+                scheduler,
+                noise.to(device, torch.float32),
+                num_steps=steps,
+                generator=list(step_generators) if step_generators else None,
+                progress=progress,
+            )
+        _sync(device)
+        t1 = time.perf_counter()
+        image = codec.decode(latent)
+        _sync(device)
+        t2 = time.perf_counter()
     unit = image.float().clamp(0.0, 1.0).cpu()
     body = torch.from_numpy(np.stack([m.label for m in masks]))[:, None] > 0
     unit = torch.where(body, unit, torch.zeros((), dtype=unit.dtype))  # -1000 HU outside the body

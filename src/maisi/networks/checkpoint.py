@@ -385,6 +385,15 @@ def load_model_set(
             if (wanted is None and (sub / CONFIG_NAME).is_file()) or (wanted is not None and name in wanted):
                 loaded[name] = load_component(sub, device=device, fast=fast)
                 cfg = dataclasses.replace(cfg, **{name: loaded[name].config})
+        for vae_name, unet_name in (("vae", "unet"), ("mask_vae", "mask_unet")):
+            extra = loaded[unet_name].extra if unet_name in loaded else {}
+            if (
+                vae_name not in loaded and "scale_factor" in extra
+            ):  # the UNet records the scale it was trained at
+                vae_cfg = dataclasses.replace(
+                    getattr(cfg, vae_name), scale_factor=float(extra["scale_factor"])
+                )
+                cfg = dataclasses.replace(cfg, **{vae_name: vae_cfg})
         top = d / CONFIG_NAME
         if top.is_file():  # model-level facts (schedulers, mask latent shape) saved by save_model_set
             meta = json.loads(top.read_text(encoding="utf-8"))
