@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import tempfile
@@ -193,7 +194,7 @@ def run_reference(args, cfg, nets, label, affine, noise, rec, out_dir: Path):
 # ------------------------------------------------------------------------------------------------ maisi side
 
 
-def run_maisi(args, cfg, nets, label_source, noise, rec, out_dir: Path, plain: bool):
+def run_maisi(args, cfg, model_set, noise, rec, out_dir: Path, plain: bool):
     import torch
 
     from maisi.generation import generate
@@ -203,8 +204,6 @@ def run_maisi(args, cfg, nets, label_source, noise, rec, out_dir: Path, plain: b
     from maisi.performance import PLAIN, Speedups, accelerate
 
     speedups = PLAIN if plain else Speedups()
-    model_set = maisi_model_set(cfg.model, nets)
-    del nets
     device = torch.device(args.device)
     gen = cfg.generate
     with Stage(rec, "mask", device):
@@ -251,7 +250,6 @@ def run_maisi(args, cfg, nets, label_source, noise, rec, out_dir: Path, plain: b
             spacing=sample.spacing,
             sidecar=sample.metadata,
         )
-    del label_source
     return sample.unit
 
 
@@ -293,9 +291,10 @@ def child(args) -> dict:
         if args.side == "reference":
             unit = run_reference(args, cfg, nets, sample.label, sample.affine, noise, rec, Path(tmp))
         else:
-            unit = run_maisi(
-                args, cfg, nets, label_source, noise, rec, Path(tmp), plain=args.side == "maisi-plain"
-            )
+            model_set = maisi_model_set(cfg.model, nets)
+            del nets  # only maisi's copy of the weights stays resident
+            gc.collect()
+            unit = run_maisi(args, cfg, model_set, noise, rec, Path(tmp), plain=args.side == "maisi-plain")
         total = time.perf_counter() - start
     rec["end_to_end"] = {
         "seconds": sum(rec[k]["seconds"] for k in ("mask", "loop", "decode", "post", "write")),

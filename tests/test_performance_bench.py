@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from maisi.config import preset
@@ -23,12 +24,16 @@ def _bench():
     return bench_pipeline, common
 
 
-def test_reference_side_equals_the_oracle():
+@pytest.fixture(scope="module")
+def nets():
+    _, common = _bench()
+    return common.reference_networks(preset("tiny").model, seed=1)
+
+
+def test_reference_side_equals_the_oracle(nets):
     from reference_pipeline import official_scheduler, reference_image
 
-    bench, common = _bench()
-    cfg = preset("tiny")
-    nets = common.reference_networks(cfg.model, seed=1)
+    bench, _ = _bench()
     label = np.zeros((32, 32, 32), np.uint8)
     label[4:28, 4:28, 2:30] = 200
     label[8:20, 8:24, 5:25] = 1
@@ -54,10 +59,9 @@ def test_reference_side_equals_the_oracle():
     assert torch.equal(decoded[0, 0], expect.decoded)
 
 
-def test_maisi_side_holds_the_reference_weights():
+def test_maisi_side_holds_the_reference_weights(nets):
     _, common = _bench()
     cfg = preset("tiny")
-    nets = common.reference_networks(cfg.model, seed=1)
     ms = common.maisi_model_set(cfg.model, nets)
     assert ms.config.vae.scale_factor == nets.scale_factor
     for name, ref in (
