@@ -213,13 +213,14 @@ BAD_CLI = [
     (["--mask", "{tmp}/odd.nii.gz"], "label ids [250] are neither MAISI nor TotalSegmentator ids"),
     (["--weights", "{tmp}/nowhere"], "nowhere: weights folder not found"),
     (["--weights", "rflow-ct"], "run `maisi download rflow-ct` first"),
-    (["--weights", "demo"], "no demo weights shipped yet"),
+    (["--weights", "demo"], "no_demo (an incomplete install? reinstall maisi)"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD_CLI, ids=[m[:28] for _, m in BAD_CLI])
 def test_bad_requests_exit_2_with_one_line(args, message, weights, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MAISI_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("maisi.generation.weights.DEMO_DIR", tmp_path / "no_demo")
     (tmp_path / "junk.nii.gz").write_bytes(b"junk")
     odd = np.zeros((8, 8, 8), np.uint8)
     odd[:4] = 250

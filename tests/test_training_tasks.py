@@ -192,3 +192,94 @@ def test_controlnet_batch_and_region_contrastive_terms(data):
     assert -2.0 <= float(parts["contrastive_roi"]) <= 0.0 and float(parts["contrastive_bg"]) > 0
     expected = parts["weighted_l1"] + 0.01 * (parts["contrastive_roi"] + parts["contrastive_bg"])
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_latent_patch_crops_latent_and_label_together(data):
+    """``train.latent_patch``: a random latent crop in training, the central one in validation, and the label map
+    cut at 4x the same place."""
+    from safetensors.torch import load_file
+
+    from maisi.data.nifti import load_nifti
+    from maisi.training import make_task
+    from maisi.training.datasets import sample_generator
+
+    cfg = load_config(
+        preset="tiny",
+        overrides=[
+            "train.task=controlnet",
+            f"train.data={data['latents']}",
+            f"train.init_from={data['unet_set']}",
+            "train.latent_patch=[4,4,4]",
+        ],
+    )
+    task = make_task(cfg, device=torch.device("cpu"))
+    task.setup()
+    case = task.train_cases[0]
+    mean = load_file(case.latent)["mean"].float()
+    label = torch.from_numpy(load_nifti(case.label, kind="label").array.astype("int64"))
+    starts = set()
+    for i in range(6):
+        item = task.make_item(case, sample_generator(0, 0, 0, i), train=True)
+        a = item["crop_start"].tolist()
+        starts.add(tuple(a))
+        assert item["x0"].shape == (4, 4, 4, 4)
+        window = mean[:, a[0] : a[0] + 4, a[1] : a[1] + 4, a[2] : a[2] + 4]
+        # x0 = scale * posterior sample; logvar -9 makes the sample the mean within 0.011 * scale
+        assert torch.allclose(item["x0"], window * task.scale_factor, atol=0.05 * task.scale_factor)
+        cut = label[4 * a[0] : 4 * a[0] + 16, 4 * a[1] : 4 * a[1] + 16, 4 * a[2] : 4 * a[2] + 16]
+        assert torch.equal(item["label"][0].long(), cut)
+    assert len(starts) > 1  # the position is drawn
+    val = task.make_item(case, sample_generator(0, 1, 0), train=False)
+    assert val["crop_start"].tolist() == [2, 2, 2]  # central crop of 8^3
+    assert task.bucket_key(case) == (4, 4, 4)
+
+
+def test_latent_patch_larger_than_latent_is_an_error(data):
+    from maisi.errors import DataError
+    from maisi.training import make_task
+    from maisi.training.datasets import sample_generator
+
+    cfg = load_config(
+        preset="tiny",
+        overrides=[
+            "train.task=diffusion",
+            f"train.data={data['latents']}",
+            f"train.init_from={data['vae_set']}",
+            "train.latent_patch=[16,4,4]",
+        ],
+    )
+    task = make_task(cfg, device=torch.device("cpu"))
+    task.setup()
+    with pytest.raises(DataError, match=r"latent_patch \(16, 4, 4\) is larger than a cached latent \(8, 8, 8\)"):
+        task.make_item(task.train_cases[0], sample_generator(0, 0, 0), train=True)
+
+
+def test_val_patch_validates_on_the_central_crop(data):
+    from maisi.training.tasks.base import center_patch
+
+    x = torch.arange(6 * 8 * 10).reshape(1, 1, 6, 8, 10)
+    c = center_patch(x, (4, 4, 12))
+    assert c.shape == (1, 1, 4, 4, 10) and torch.equal(c, x[..., 1:5, 2:6, :])
+    assert center_patch(x, None) is x
+    from maisi.training import make_task
+
+    def task_with(*extra):
+        cfg = load_config(
+            preset="tiny",
+            overrides=["train.task=mask-vae", f"train.data={data['phantoms']}", "train.seed=0", *extra],
+        )
+        t = make_task(cfg, device=torch.device("cpu"))
+        t.setup()
+        return t
+
+    cropped = task_with("train.val_patch=[16,16,16]")
+    whole = task_with()
+    case = cropped.val_cases[0]
+    full = whole.store.label(case)
+    whole.store.label = lambda c: full[8:24, 8:24, 8:24]  # what val_patch should validate on
+    with torch.no_grad():
+        a = cropped.validate_case(whole.models, case, 0)
+        b = whole.validate_case(whole.models, case, 0)
+        c = task_with().validate_case(whole.models, case, 0)
+    assert a == pytest.approx(b, rel=1e-6)
+    assert a["val_loss"] != pytest.approx(c["val_loss"], rel=1e-3)

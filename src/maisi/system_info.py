@@ -95,7 +95,7 @@ def installed_weights() -> dict[str, str]:
         except MaisiError:
             out[variant] = "not installed"
     demo = Path(__file__).parent / "demo"
-    out["demo"] = str(demo) if (demo / "vae" / "config.json").is_file() else "not shipped yet"
+    out["demo"] = str(demo) if (demo / "vae" / "config.json").is_file() else "missing (incomplete install)"
     return out
 
 

@@ -18,7 +18,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="config overlay or official MAISI JSON file (repeatable, applied in order)",
     )
-    parser.add_argument("--preset", default=None, help="starting preset: rflow-ct, ddpm-ct or tiny")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="starting preset: rflow-ct, ddpm-ct, tiny or demo (generate: demo when --weights is demo)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -126,6 +126,8 @@ def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from maisi.generation import generate
 
+    if args.preset is None and (args.weights or "demo") == "demo":
+        args.preset = "demo"  # the shipped model set's networks and request defaults (128^3 at 3 mm)
     cfg = resolve_config(args, overlay_from_args(args))
     if args.dry_run:
         print_config(cfg)

@@ -5,6 +5,7 @@ A preset is a function returning a fresh :class:`~maisi.config.schema.Config`; o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from maisi.config.schema import (
@@ -106,7 +107,30 @@ def tiny() -> Config:
     )
 
 
-PRESETS: dict[str, Callable[[], Config]] = {"rflow-ct": rflow_ct, "ddpm-ct": ddpm_ct, "tiny": tiny}
+def demo() -> Config:
+    """The shipped demo model set (``maisi/demo/``, trained by ``recipes/demo``): the ``tiny`` networks, trained on
+    128^3 phantoms at 3 mm and generating 128^3 volumes at 3 mm, decoded in one window."""
+    cfg = tiny()
+    return dataclasses.replace(
+        cfg,
+        preset="demo",
+        generate=dataclasses.replace(
+            cfg.generate,
+            output_size=(128, 128, 128),
+            spacing=(3.0, 3.0, 3.0),
+            body_region=("chest", "abdomen"),
+            decode_window=(32, 32, 32),
+            decode_overlap=0.25,
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "rflow-ct": rflow_ct,
+    "ddpm-ct": ddpm_ct,
+    "tiny": tiny,
+    "demo": demo,
+}
 
 
 def preset(name: str) -> Config:

@@ -208,6 +208,11 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 0
     patch_size: IntTriple = (64, 64, 64)
+    #: image tasks (vae, mask-vae): validate and preview on the central crop of this size (None: whole volumes)
+    val_patch: IntTriple | None = None
+    #: diffusion / controlnet: train on random crops of this size of the cached latents (label maps cropped to
+    #: match), validate on the central crop (None: whole latents)
+    latent_patch: IntTriple | None = None
     # vae
     recon_loss: Literal["l1", "l2"] = "l1"
     kl_weight: float = 1e-7

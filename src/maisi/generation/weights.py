@@ -34,8 +34,8 @@ def resolve_weights(name: str | os.PathLike) -> Path:
     if text == "demo":
         if not (DEMO_DIR / "vae" / "config.json").is_file():
             raise CheckpointError(
-                "no demo weights shipped yet with this version of maisi; pass --weights rflow-ct (after "
-                "`maisi download rflow-ct`) or --weights DIR"
+                f"no demo weights in {DEMO_DIR} (an incomplete install? reinstall maisi); or pass --weights "
+                "rflow-ct (after `maisi download rflow-ct`) or --weights DIR"
             )
         return DEMO_DIR
     if text in NAMED:

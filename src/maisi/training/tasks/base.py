@@ -156,6 +156,17 @@ def random_patch(volume: torch.Tensor, size: Sequence[int], generator: torch.Gen
     return volume[(slice(None), *(slice(a, a + int(s)) for a, s in zip(starts, size)))]
 
 
+def center_patch(volume: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
+    """The central ``size`` crop of a ``(..., X, Y, Z)`` tensor (axes smaller than ``size`` kept whole); the
+    tensor itself when ``size`` is None."""
+    if size is None:
+        return volume
+    spatial = volume.shape[-3:]
+    starts = [max((int(n) - int(s)) // 2, 0) for s, n in zip(size, spatial)]
+    index = tuple(slice(a, a + min(int(s), int(n))) for a, s, n in zip(starts, size, spatial))
+    return volume[(..., *index)]
+
+
 class SampledVAE(nn.Module):
     """``forward(x, eps) -> (reconstruction, mu, sigma)`` with ``z = mu + sigma * eps``: MONAI's VAE forward with the
     reparameterisation noise supplied by the caller (MONAI draws it from the global RNG, which would make a batch

@@ -64,6 +64,16 @@ class ControlNetTask(DiffusionTask):
             item["modality"] = torch.tensor(case.modality_id, dtype=torch.long)
         label = self.store.label(case)
         factor = 2 ** (len(self.model_cfg.controlnet.conditioning_embedding_num_channels) - 1)
+        if "crop_start" in item:  # the label region under the latent crop
+            mean_shape = self.posterior(case)[0].shape[1:]
+            if tuple(label.shape) != tuple(factor * s for s in mean_shape):
+                raise DataError(
+                    f"{case.label}: label map shape {tuple(label.shape)} does not match the latent "
+                    f"{tuple(mean_shape)} x {factor}"
+                )
+            start = [factor * int(a) for a in item["crop_start"]]
+            size = [factor * int(s) for s in item["x0"].shape[1:]]
+            label = label[tuple(slice(a, a + s) for a, s in zip(start, size))]
         expected = tuple(factor * s for s in item["x0"].shape[1:])
         if tuple(label.shape) != expected:
             raise DataError(

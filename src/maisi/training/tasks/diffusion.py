@@ -99,6 +99,8 @@ class DiffusionTask(Task):
 
     def bucket_key(self, case: Case):
         """The latent's spatial shape (from the sidecar when it records it, else from the file)."""
+        if self.cfg.train.latent_patch is not None:
+            return tuple(int(s) for s in self.cfg.train.latent_patch)
         return case.shape or tuple(self.posterior(case)[0].shape[1:])
 
     # ---------------------------------------------------------------- batches
@@ -110,12 +112,36 @@ class DiffusionTask(Task):
     def make_item(self, case: Case, gen: torch.Generator, *, train: bool) -> dict[str, torch.Tensor]:
         """One sample: clean scaled latent, noise, time, conditioning (all draws from ``gen``)."""
         mean, logvar = self.posterior(case)
+        start = self.latent_crop(tuple(mean.shape[1:]), gen if train else None)
+        if start is not None:
+            window = (slice(None), *(slice(a, a + s) for a, s in zip(start, self.cfg.train.latent_patch)))
+            mean, logvar = mean[window], logvar[window]
         x0 = (sample_posterior(mean, logvar, gen) if train else mean) * self.scale_factor
         noise = randn(x0.shape, generator=gen)
         t = self.scheduler.sample_times(1, generator=gen, spatial_numel=math.prod(x0.shape[1:]))[0]
         item = {"x0": x0, "noise": noise, "t": t}
+        if start is not None:
+            item["crop_start"] = torch.tensor(start, dtype=torch.long)
         item.update(self.conditions(case, gen if train else None))
         return item
+
+    def latent_crop(self, shape: tuple[int, ...], gen: torch.Generator | None) -> tuple[int, ...] | None:
+        """Start of the ``train.latent_patch`` crop of a latent of spatial ``shape``: drawn from ``gen`` when
+        given, else central; None when no crop is configured.
+
+        Raises:
+            DataError: when the latent is smaller than the crop.
+        """
+        size = self.cfg.train.latent_patch
+        if size is None:
+            return None
+        if any(int(s) > int(n) for s, n in zip(size, shape)):
+            raise DataError(f"train.latent_patch {tuple(size)} is larger than a cached latent {shape}")
+        if gen is None:
+            return tuple((int(n) - int(s)) // 2 for s, n in zip(size, shape))
+        return tuple(
+            int(torch.randint(0, int(n) - int(s) + 1, (1,), generator=gen)) for s, n in zip(size, shape)
+        )
 
     def conditions(self, case: Case, gen: torch.Generator | None) -> dict[str, torch.Tensor]:
         """Spacing, modality (dropped with probability ``modality_dropout`` when ``gen`` is given) and region."""

@@ -110,11 +110,23 @@ class MaskDiffusionTask(DiffusionTask):
             "mask/sample": mask_channels_to_ids(codec.decode(z).argmax(1))[0].float(),
         }
 
+    def native_spacing(self) -> float | None:
+        """The voxel size (mm) of the generated masks: the training maps' spacing when all are isotropic and equal
+        (generation resamples from it), else None (generation then assumes the official 1.5 mm)."""
+        spacings = {tuple(round(float(s), 6) for s in c.spacing) for c in self.train_cases + self.val_cases}
+        if len(spacings) == 1:
+            (only,) = spacings
+            if len(set(only)) == 1:
+                return only[0]
+        return None
+
     def saved_components(self, nets):
+        extra: dict[str, float] = {"scale_factor": self.scale_factor}
+        spacing = self.native_spacing()
+        if spacing is not None:
+            extra["spacing"] = spacing
         return {
-            "mask_unet": SavedComponent(
-                nets["mask_unet"], self.model_cfg.mask_unet, {"scale_factor": self.scale_factor}
-            ),
+            "mask_unet": SavedComponent(nets["mask_unet"], self.model_cfg.mask_unet, extra),
             "mask_vae": SavedComponent(self.models["mask_vae"], self.model_cfg.mask_vae),
         }
 

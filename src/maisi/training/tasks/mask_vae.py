@@ -22,6 +22,7 @@ from maisi.training.tasks.base import (
     SavedComponent,
     Task,
     as_tensor_label,
+    center_patch,
     kl_divergence,
     latent_noise,
     load_init_model_set,
@@ -85,7 +86,7 @@ class MaskVAETask(Task):
         return out[(slice(None), slice(None), *(slice(0, int(s)) for s in spatial))]
 
     def validate_case(self, nets, case, index):
-        label = as_tensor_label(self.store.label(case))[None]
+        label = center_patch(as_tensor_label(self.store.label(case))[None], self.cfg.train.val_patch)
         logits = self.logits(nets["mask_vae"], label)
         target = ids_to_mask_channels(label[:, 0]).to(logits.device)
         loss, parts = segmentation_loss(logits, target)
@@ -103,6 +104,7 @@ class MaskVAETask(Task):
         }
         if self.val_cases:
             whole = as_tensor_label(self.store.label(self.val_cases[0]))[None]
+            whole = center_patch(whole, self.cfg.train.val_patch)
             out["val/label"] = whole[0, 0].float()
             out["val/recon"] = mask_channels_to_ids(self.logits(nets["mask_vae"], whole).argmax(1))[0].float()
         return out

@@ -20,6 +20,7 @@ from maisi.training.tasks.base import (
     SampledVAE,
     SavedComponent,
     Task,
+    center_patch,
     kl_divergence,
     latent_noise,
     load_init_model_set,
@@ -124,7 +125,7 @@ class VAETask(Task):
         return recon[(slice(None), slice(None), *(slice(0, int(s)) for s in spatial))]
 
     def validate_case(self, nets, case, index):
-        image = torch.from_numpy(self.store.image(case))[None, None]
+        image = center_patch(torch.from_numpy(self.store.image(case))[None, None], self.cfg.train.val_patch)
         recon = self.reconstruct(nets["vae"], image).clamp(0, 1)
         l1 = float(F.l1_loss(recon, image))
         mse = float(F.mse_loss(recon, image))
@@ -142,6 +143,7 @@ class VAETask(Task):
         out = {"patch/input": x[0, 0], "patch/recon": recon[0, 0].clamp(0, 1)}
         if self.val_cases:
             image = torch.from_numpy(self.store.image(self.val_cases[0]))[None, None]
+            image = center_patch(image, self.cfg.train.val_patch)
             out["val/input"] = image[0, 0]
             out["val/recon"] = self.reconstruct(nets["vae"], image)[0, 0].clamp(0, 1)
         return out

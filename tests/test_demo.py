@@ -1,0 +1,121 @@
+"""The shipped demo model set (``src/maisi/demo/``), its preset, the recipe's export step and the CLI default."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maisi import cli
+from maisi.config import preset
+from maisi.generation.weights import DEMO_DIR
+from test_generation_common import build_model_set, micro_config
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ("vae", "unet", "controlnet", "mask_vae", "mask_unet")
+
+
+def test_demo_preset_is_tiny_networks_with_128_cubed_requests():
+    demo, tiny = preset("demo"), preset("tiny")
+    assert demo.model == tiny.model and demo.preset == "demo"
+    g = demo.generate
+    assert g.output_size == (128, 128, 128) and g.spacing == (3.0, 3.0, 3.0) and g.steps == 30
+
+
+def test_generate_starts_from_the_demo_preset_only_for_demo_weights(capsys, tmp_path):
+    assert cli.main(["generate", "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["preset"] == "demo" and cfg["generate"]["output_size"] == [128, 128, 128]
+    assert cli.main(["generate", "--weights", str(tmp_path), "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["preset"] == "rflow-ct" and cfg["generate"]["output_size"] == [256, 256, 256]
+    assert cli.main(["generate", "--preset", "tiny", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["preset"] == "tiny"
+
+
+def _export_module():
+    spec = importlib.util.spec_from_file_location("demo_export", ROOT / "recipes" / "demo" / "export.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipe_export_merges_the_runs_in_fp16(tmp_path):
+    from safetensors.torch import load_file
+
+    from maisi.data.phantom import write_phantoms
+    from maisi.networks.checkpoint import load_model_set
+
+    cfg = micro_config()
+    image = build_model_set(tmp_path / "image", cfg, mask=False)
+    both = build_model_set(tmp_path / "both", cfg, seed=1)
+    masks = tmp_path / "masks"
+    write_phantoms(num=2, output_dir=masks, size=(32, 32, 32), spacing=(6.0, 6.0, 6.0), seed=0)
+    out = tmp_path / "demo"
+    export = _export_module()
+    assert (
+        export.main(["--image", str(image), "--mask", str(both), "--sizes", str(masks), "--output", str(out)])
+        == 0
+    )
+    ms = load_model_set(out)
+    assert sorted(ms.components) == sorted(COMPONENTS)
+    for name in COMPONENTS:
+        state = load_file(str(out / name / "model.safetensors"))
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    src_img, src_mask = load_model_set(image), load_model_set(both)
+    for name, src in (("unet", src_img), ("mask_unet", src_mask)):
+        a, b = ms[name].state_dict(), src[name].state_dict()
+        assert all(torch.allclose(a[k], b[k].half().float()) for k in a)
+    vectors = json.loads((out / "anatomy_size_conditions.json").read_text())
+    assert len(vectors) == 2 and all(len(v["organ_size"]) == 10 for v in vectors)
+    # an existing model set is not replaced without --overwrite
+    assert (
+        export.main(["--image", str(image), "--mask", str(both), "--sizes", str(masks), "--output", str(out)])
+        == 1
+    )
+    assert sorted(ms.components) == sorted(load_model_set(out).components)
+
+
+# ------------------------------------------------------------------------------------------------- shipped weights
+
+
+def test_shipped_demo_weights_load_strictly_and_fit_the_budget():
+    from safetensors.torch import load_file
+
+    from maisi.generation.weights import load_weights
+
+    files = [f for f in DEMO_DIR.rglob("*") if f.is_file()]
+    total = sum(f.stat().st_size for f in files)
+    assert total <= 25 * 1024**2, f"demo folder is {total / 1e6:.1f} MB"
+    ms = load_weights("demo", components=COMPONENTS)
+    assert sorted(ms.components) == sorted(COMPONENTS)
+    assert ms.config.unet == preset("demo").model.unet  # the networks of the demo preset
+    assert ms.config.vae.scale_factor != 1.0 and ms.config.mask_vae.scale_factor != 1.0
+    assert ms.components["mask_unet"].extra["spacing"] == 6.0
+    for name in COMPONENTS:
+        state = load_file(str(DEMO_DIR / name / "model.safetensors"))
+        assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    assert (DEMO_DIR / "anatomy_size_conditions.json").is_file()
+    assert (DEMO_DIR / "evaluation" / "report.md").is_file()
+
+
+def test_shipped_demo_generates_a_paired_sample(tmp_path):
+    """The demo networks end to end on a small request (64^3, 4 steps): a CT in HU range and its mask."""
+    import dataclasses
+
+    from maisi.generation import generate
+
+    cfg = preset("demo")
+    cfg.generate = dataclasses.replace(
+        cfg.generate, output_size=(64, 64, 64), steps=4, output_dir=str(tmp_path / "out"), qc=False, seed=3
+    )
+    s = generate(cfg)[0]
+    image, label = s.image, s.condition
+    assert image.shape == (64, 64, 64) and label.shape == (64, 64, 64)
+    assert np.isfinite(image).all() and -1000.0 <= image.min() and image.max() <= 1000.0
+    # air outside the body and soft tissue inside it, as in the phantoms the model learned from
+    assert np.median(image[label == 0]) < -800.0
+    assert -300.0 < np.median(image[label == 200]) < 300.0
