@@ -71,3 +71,23 @@ def test_maisi_side_holds_the_reference_weights(nets):
     ):
         ours = ms[name].state_dict()
         assert all(torch.equal(ours[k], v) for k, v in ref.state_dict().items())
+
+
+def test_encode_memory_benchmark_stops_after_the_requested_windows(tmp_path, monkeypatch):
+    """``bench_encode_memory`` runs ``encode_dataset`` in a child and cuts it after ``--windows`` windows."""
+    import json
+
+    _, common = _bench()
+    import bench_encode_memory
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    bench_encode_memory.main(
+        ["--preset", "tiny", "--size", "64", "64", "64", "--windows", "1", "--threads", "1", "--name", "enc"]
+    )
+    (result,) = json.loads((tmp_path / "enc.json").read_text())["results"]
+    assert "error" not in result, result
+    # tiny: 32^3 image windows = 8^3 latent windows, step 6 over a 16^3 latent -> 3 per axis
+    assert (result["windows_run"], result["windows_in_plan"], result["completed"]) == (1, 27, False)
+    assert result["latent"] == [16, 16, 16]
+    assert result["peak_rss"] > 0 and result["baseline_rss"] > 0
+    assert result["peak_rss"] >= result["baseline_rss"]

@@ -19,7 +19,7 @@ G="maisi generate --preset demo --weights $WEIGHTS --device $DEV --qc-retries 0"
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 
 stamp "segmenter (trained on the 40 training phantoms: large organs)"
-[ -f "$E/segmenter/segmenter/config.json" ] || maisi evaluate train-segmenter --data "$W/phantoms" --run-dir "$E/segmenter" --steps 600 --labels $LARGE --device "$DEV"
+[ -f "$E/segmenter/segmenter/config.json" ] || maisi evaluate train-segmenter --data "$W/phantoms" --run-dir "$E/segmenter" --steps 400 --labels $LARGE --device "$DEV"
 stamp "VAE reconstruction on held-out phantoms"
 [ -f "$E/recon.json" ] || maisi evaluate recon --weights "$WEIGHTS" --data "$W/heldout" --device "$DEV" --out "$E/recon.json"
 stamp "20 generated pairs"

@@ -13,7 +13,7 @@ W="${1:?usage: run.sh WORK_DIR [DEVICE]}"
 DEV="${2:-cpu}"
 OUT="${DEMO_OUT:-$HERE/../../src/maisi/demo}"
 mkdir -p "$W"
-T="maisi train --preset demo --device $DEV --no-progress"
+T() { local task="$1"; shift; maisi train "$task" --preset demo --device "$DEV" --no-progress "$@"; }
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 
 # 1. data: 40 training phantoms (128^3 at 3 mm) and 20 held-out phantoms; the mask model learns 64^3 maps at 6 mm
@@ -23,17 +23,17 @@ stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 [ -f "$W/masks64/datalist.json" ] || maisi phantom --num 40 --output-dir "$W/masks64" --size 64 64 64 --spacing 6 6 6 --region chest-abdomen --seed 1000
 
 stamp "VAE"
-$T vae --config "$HERE/vae.json" --data "$W/phantoms" --run-dir "$W/vae"
+T vae --config "$HERE/vae.json" --data "$W/phantoms" --run-dir "$W/vae"
 stamp "encode"
 maisi encode --preset demo --config "$HERE/encode.json" --data "$W/phantoms/datalist.json" --weights "$W/vae/model" --output-dir "$W/latents" --device "$DEV"
 stamp "diffusion UNet"
-$T diffusion --config "$HERE/diffusion.json" --data "$W/latents" --init-from "$W/vae/model" --run-dir "$W/diffusion"
+T diffusion --config "$HERE/diffusion.json" --data "$W/latents" --init-from "$W/vae/model" --run-dir "$W/diffusion"
 stamp "ControlNet"
-$T controlnet --config "$HERE/controlnet.json" --data "$W/latents" --init-from "$W/diffusion/model" --run-dir "$W/controlnet"
+T controlnet --config "$HERE/controlnet.json" --data "$W/latents" --init-from "$W/diffusion/model" --run-dir "$W/controlnet"
 stamp "mask VAE"
-$T mask-vae --config "$HERE/mask_vae.json" --data "$W/masks64" --run-dir "$W/mask_vae"
+T mask-vae --config "$HERE/mask_vae.json" --data "$W/masks64" --run-dir "$W/mask_vae"
 stamp "mask diffusion UNet"
-$T mask-diffusion --config "$HERE/mask_diffusion.json" --data "$W/masks64" --init-from "$W/mask_vae/model" --run-dir "$W/mask_diffusion"
+T mask-diffusion --config "$HERE/mask_diffusion.json" --data "$W/masks64" --init-from "$W/mask_vae/model" --run-dir "$W/mask_diffusion"
 stamp "export to $OUT"
 python "$HERE/export.py" --image "$W/controlnet/model" --mask "$W/mask_diffusion/model" --sizes "$W/masks64" --output "$OUT"
 stamp "evaluation"

@@ -32,7 +32,7 @@ import torch
 
 from maisi import resources
 from maisi.data.datalist import read_datalist, write_datalist
-from maisi.data.intensity import CT_MAX_HU, CT_MIN_HU, ct_to_unit, mri_to_unit
+from maisi.data.intensity import CT_MAX_HU, CT_MIN_HU, mri_to_unit
 from maisi.data.nifti import load_nifti, nifti_stem
 from maisi.errors import DataError
 from maisi.io import atomic_path, write_json
@@ -149,20 +149,29 @@ def _encode_entry(
     except DataError as e:
         raise DataError(f"{source}: {e}") from None
 
+    shape, spacing = volume.shape, volume.spacing
     if kind == "ct":
-        unit = ct_to_unit(volume.array)
+        # in place on the volume's own float32 copy (= ct_to_unit): one volume-sized array, not three
+        unit = volume.array
+        if not (unit.dtype == np.float32 and unit.flags.writeable and unit.flags.owndata):
+            unit = unit.astype(np.float32)  # never write into a memory map or a shared buffer
+        np.clip(unit, CT_MIN_HU, CT_MAX_HU, out=unit)
+        unit -= CT_MIN_HU
+        unit /= CT_MAX_HU - CT_MIN_HU
         intensity = {"kind": "ct", "min_hu": CT_MIN_HU, "max_hu": CT_MAX_HU}
     else:
         unit, (low, high) = mri_to_unit(volume.array)
         intensity = {"kind": "mri", "low": low, "high": high}
+    del volume  # the HU array is not needed while the windows run
     image = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))[None, None]
+    del unit
     mean, logvar = codec.encode_posterior(image)
     tensors = {"mean": mean[0].cpu().contiguous(), "logvar": logvar[0].cpu().contiguous()}
 
     sidecar: dict[str, Any] = {
         "image": source,
-        "dim": list(volume.shape),
-        "spacing": [round(s, 6) for s in volume.spacing],
+        "dim": list(shape),
+        "spacing": [round(s, 6) for s in spacing],
         "latent_shape": list(tensors["mean"].shape),
         "modality": entry_modality,
         "intensity": intensity,
