@@ -103,18 +103,19 @@ def test_shipped_demo_weights_load_strictly_and_fit_the_budget():
 
 
 def test_shipped_demo_generates_a_paired_sample(tmp_path):
-    """The demo networks end to end on a small request (64^3, 4 steps): a CT in HU range and its mask."""
+    """The demo networks end to end on a small request (a 128 x 128 x 32 slab at 3 mm, 4 steps): a CT in HU range
+    and its mask."""
     import dataclasses
 
     from maisi.generation import generate
 
     cfg = preset("demo")
     cfg.generate = dataclasses.replace(
-        cfg.generate, output_size=(64, 64, 64), steps=4, output_dir=str(tmp_path / "out"), qc=False, seed=3
+        cfg.generate, output_size=(128, 128, 32), steps=4, output_dir=str(tmp_path / "out"), qc=False, seed=3
     )
     s = generate(cfg)[0]
     image, label = s.image, s.condition
-    assert image.shape == (64, 64, 64) and label.shape == (64, 64, 64)
+    assert image.shape == (128, 128, 32) and label.shape == (128, 128, 32)
     assert np.isfinite(image).all() and -1000.0 <= image.min() and image.max() <= 1000.0
     # air outside the body and soft tissue inside it, as in the phantoms the model learned from
     assert np.median(image[label == 0]) < -800.0

@@ -26,10 +26,11 @@ stamp "20 generated pairs"
 $G --num-samples 20 --seed 2026 --output-dir "$E/generated"
 stamp "size control: five liver sizes, phantom masks and the mask-generation model"
 for src in phantom model; do
+  extra=""; if [ "$src" = model ]; then extra="--mask-steps 100"; fi  # 100 DDPM steps: 1000 take minutes per sample on a CPU
   mkdir -p "$E/size_$src"
-  for s in 0.3 0.5 0.7 0.9 1.1; do
+  for s in 0.3 0.5 0.7 0.9 1.0; do
     run="$E/size_runs/${src}_liver_$s"
-    $G --mask-source $src --organ-size liver=$s --seed 11 --output-dir "$run"
+    $G --mask-source $src --organ-size liver=$s --seed 11 $extra --output-dir "$run"
     for f in image.nii.gz label.nii.gz preview.png; do cp -f "$run/sample_00000_$f" "$E/size_$src/liver_${s}_$f"; done
     cp -f "$run/sample_00000.json" "$E/size_$src/liver_$s.json"
   done
