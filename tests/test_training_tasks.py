@@ -250,7 +250,9 @@ def test_latent_patch_larger_than_latent_is_an_error(data):
     )
     task = make_task(cfg, device=torch.device("cpu"))
     task.setup()
-    with pytest.raises(DataError, match=r"latent_patch \(16, 4, 4\) is larger than a cached latent \(8, 8, 8\)"):
+    with pytest.raises(
+        DataError, match=r"latent_patch \(16, 4, 4\) is larger than a cached latent \(8, 8, 8\)"
+    ):
         task.make_item(task.train_cases[0], sample_generator(0, 0, 0), train=True)
 
 
