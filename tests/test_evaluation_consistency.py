@@ -90,7 +90,7 @@ def test_consistency_with_a_known_segmenter(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["mean_dice"] == pytest.approx(r["mean_dice"])
 
 
-def test_train_segmenter_save_load_and_evaluate(tmp_path):
+def test_train_segmenter_save_load_and_evaluate(tmp_path, capsys):
     pairs = write_pairs(tmp_path / "train")
     folder = train_segmenter(
         pairs, tmp_path / "run", steps=2, seed=3, roi_size=(16, 16, 16), network=TINY_NET
@@ -108,11 +108,12 @@ def test_train_segmenter_save_load_and_evaluate(tmp_path):
     r = evaluate_consistency(pairs, tmp_path / "run")
     assert set(r["labels"]) == {"1", "3"} and 0.0 <= r["mean_dice"] <= 1.0
     # same seed, same weights
-    again = train_segmenter(
-        pairs, tmp_path / "run2", steps=2, seed=3, roi_size=(16, 16, 16), network=TINY_NET
+    again = train_segmenter(  # the progress bar changes nothing but stderr
+        pairs, tmp_path / "run2", steps=2, seed=3, roi_size=(16, 16, 16), network=TINY_NET, progress=True
     )
     a, b = Segmenter.load(folder).model.state_dict(), Segmenter.load(again).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "train segmenter" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="already holds a segmenter"):
         train_segmenter(pairs, tmp_path / "run", steps=1, roi_size=(16, 16, 16), network=TINY_NET)
 

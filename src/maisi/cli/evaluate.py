@@ -308,6 +308,7 @@ def _train_segmenter(args: argparse.Namespace) -> None:
         lr=args.lr,
         device=args.device,
         overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
     )
     print(f"segmenter: {folder}")
 

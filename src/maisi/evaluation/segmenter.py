@@ -285,6 +285,7 @@ def train_segmenter(
     device: str = "cpu",
     log_every: int = 10,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Train maisi's small 3D segmentation model (Dice + cross-entropy, Adam) on image/label pairs.
 
@@ -297,6 +298,7 @@ def train_segmenter(
         spacing: resample the data to this voxel size (mm) first; default: the data's (all volumes must agree).
         roi_size: training crop and inference window, each a multiple of the network's downsampling.
         network: ``{"name", "kwargs"}`` of a monai.networks.nets class (default: a small UNet).
+        progress: show a tqdm bar over the steps (with the running loss).
 
     Returns:
         The segmenter folder (``run_dir / "segmenter"``).
@@ -341,6 +343,11 @@ def train_segmenter(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     log, start = [], time.time()
     model.train()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="train segmenter", unit="step")
     for step in range(1, steps + 1):
         crops = [
             _random_crop(pairs[i][0], targets[i], spec.roi_size, rng)
@@ -354,6 +361,12 @@ def train_segmenter(
         opt.step()
         if step % log_every == 0 or step == steps:
             log.append({"step": step, "loss": float(loss.detach()), "seconds": round(time.time() - start, 2)})
+        if bar is not None:
+            bar.update(1)
+            if step % log_every == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    if bar is not None:
+        bar.close()
     model.eval()
     Segmenter(model=model, spec=spec, device=device).save(target_dir, overwrite=overwrite)
     write_json(
