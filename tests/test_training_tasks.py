@@ -194,26 +194,29 @@ def test_controlnet_batch_and_region_contrastive_terms(data):
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
+def _ready_task(*overrides):
+    """A tiny-preset task, set up (networks built, cases found), from ``key=value`` overrides."""
+    from maisi.training import make_task
+
+    task = make_task(load_config(preset="tiny", overrides=list(overrides)), device=torch.device("cpu"))
+    task.setup()
+    return task
+
+
 def test_latent_patch_crops_latent_and_label_together(data):
     """``train.latent_patch``: a random latent crop in training, the central one in validation, and the label map
     cut at 4x the same place."""
     from safetensors.torch import load_file
 
     from maisi.data.nifti import load_nifti
-    from maisi.training import make_task
     from maisi.training.datasets import sample_generator
 
-    cfg = load_config(
-        preset="tiny",
-        overrides=[
-            "train.task=controlnet",
-            f"train.data={data['latents']}",
-            f"train.init_from={data['unet_set']}",
-            "train.latent_patch=[4,4,4]",
-        ],
+    task = _ready_task(
+        "train.task=controlnet",
+        f"train.data={data['latents']}",
+        f"train.init_from={data['unet_set']}",
+        "train.latent_patch=[4,4,4]",
     )
-    task = make_task(cfg, device=torch.device("cpu"))
-    task.setup()
     case = task.train_cases[0]
     mean = load_file(case.latent)["mean"].float()
     label = torch.from_numpy(load_nifti(case.label, kind="label").array.astype("int64"))
@@ -236,20 +239,14 @@ def test_latent_patch_crops_latent_and_label_together(data):
 
 def test_latent_patch_larger_than_latent_is_an_error(data):
     from maisi.errors import DataError
-    from maisi.training import make_task
     from maisi.training.datasets import sample_generator
 
-    cfg = load_config(
-        preset="tiny",
-        overrides=[
-            "train.task=diffusion",
-            f"train.data={data['latents']}",
-            f"train.init_from={data['vae_set']}",
-            "train.latent_patch=[16,4,4]",
-        ],
+    task = _ready_task(
+        "train.task=diffusion",
+        f"train.data={data['latents']}",
+        f"train.init_from={data['vae_set']}",
+        "train.latent_patch=[16,4,4]",
     )
-    task = make_task(cfg, device=torch.device("cpu"))
-    task.setup()
     with pytest.raises(
         DataError, match=r"latent_patch \(16, 4, 4\) is larger than a cached latent \(8, 8, 8\)"
     ):
@@ -263,16 +260,9 @@ def test_val_patch_validates_on_the_central_crop(data):
     c = center_patch(x, (4, 4, 12))
     assert c.shape == (1, 1, 4, 4, 10) and torch.equal(c, x[..., 1:5, 2:6, :])
     assert center_patch(x, None) is x
-    from maisi.training import make_task
 
     def task_with(*extra):
-        cfg = load_config(
-            preset="tiny",
-            overrides=["train.task=mask-vae", f"train.data={data['phantoms']}", "train.seed=0", *extra],
-        )
-        t = make_task(cfg, device=torch.device("cpu"))
-        t.setup()
-        return t
+        return _ready_task("train.task=mask-vae", f"train.data={data['phantoms']}", "train.seed=0", *extra)
 
     cropped = task_with("train.val_patch=[16,16,16]")
     whole = task_with()
