@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_bytes, machine, reset_rss_peak, rss, rss_peak, run_child, write_results  # noqa: E402
+from common import Stage, fmt_bytes, machine, run_child, write_results  # noqa: E402
 
 
 def child(args) -> dict:
@@ -55,19 +54,12 @@ def child(args) -> dict:
     )
     out = torch.empty(1, cfg.model.vae.out_channels, args.size, args.size, args.size)
     out.zero_()  # resident before the baseline
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    baseline = rss()
-    reset_rss_peak()
-    start = time.perf_counter()
+    rec: dict = {}
     speedups = None if args.plain else Speedups()
-    with accelerate([vae], speedups, device=device):
+    with Stage(rec, "decode", device), accelerate([vae], speedups, device=device):
         codec.decode(latent, out=out, tiled=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = rss_peak()
+    measured = rec["decode"]
+    seconds, baseline, peak = measured["seconds"], measured["rss_baseline"], measured["rss_peak"]
     done = min(args.windows or len(full_plan), len(full_plan))
     return {
         "size": args.size,
@@ -80,7 +72,7 @@ def child(args) -> dict:
         "peak_rss": peak,
         "working_rss": peak - baseline,
         "output_bytes": out.numel() * out.element_size(),
-        "cuda_peak": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+        "cuda_peak": measured.get("cuda_peak"),
     }
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_bytes, machine, reset_rss_peak, rss, rss_peak, run_child, write_results  # noqa: E402
+from common import Stage, fmt_bytes, machine, rss, run_child, write_results  # noqa: E402
 
 
 class _StopAfterWindows(Exception):
@@ -115,26 +115,18 @@ def child(args) -> dict:
         output_dir = Path(tmp) / "latents"
         file_bytes = image_path.stat().st_size
         gc.collect()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        baseline = rss()
-        reset_rss_peak()
-        start = time.perf_counter()
+        rec: dict = {}
         completed = True
         try:
-            with torch.no_grad():
+            with Stage(rec, "encode", device) as stage, torch.no_grad():
                 written = encode_dataset(
                     datalist=datalist, codec=codec, output_dir=output_dir, progress=False
                 )
         except _StopAfterWindows:
             completed, written = False, []
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        end = time.perf_counter()
-        seconds = end - start
-        read_seconds = (first_window or end) - start
-        peak = rss_peak()
+        measured = rec["encode"]
+        seconds, baseline, peak = measured["seconds"], measured["rss_baseline"], measured["rss_peak"]
+        read_seconds = (first_window or stage.start + seconds) - stage.start
         outputs = [str(p.name) for p in written if p.is_file()]
     voxels = math.prod(size)
     return {
@@ -158,7 +150,7 @@ def child(args) -> dict:
         "file_bytes": file_bytes,
         "volume_float32_bytes": 4 * voxels,
         "latent_bytes": 2 * 4 * codec.latent_channels * math.prod(latent_size),  # mean + logvar
-        "cuda_peak": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+        "cuda_peak": measured.get("cuda_peak"),
     }
 
 

@@ -52,7 +52,9 @@ def reset_rss_peak() -> None:
 
 
 class Stage:
-    """Times one stage and records its peak CPU RSS (and CUDA peak) into ``record[name]``."""
+    """Times one stage and records its peak CPU RSS (and CUDA peak) into ``record[name]``: ``seconds``,
+    ``rss_baseline`` (RSS when the stage began), ``rss_peak`` (the highest RSS during it) and, on CUDA,
+    ``cuda_peak``. The entry is recorded even when the stage raises."""
 
     def __init__(self, record: dict[str, Any], name: str, device: Any = None) -> None:
         self.record, self.name, self.device = record, name, device
@@ -63,13 +65,18 @@ class Stage:
             import torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
+        self.baseline = rss()
         reset_rss_peak()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self._sync()
-        entry = {"seconds": time.perf_counter() - self.start, "rss_peak": rss_peak()}
+        entry = {
+            "seconds": time.perf_counter() - self.start,
+            "rss_baseline": self.baseline,
+            "rss_peak": rss_peak(),
+        }
         if self._cuda():
             import torch
 
