@@ -1,11 +1,12 @@
 """Every speed-up of :mod:`maisi.performance` equals the plain path within its stated tolerance (tiny preset).
 
-Tolerances: ``cache_control`` is exact (bit for bit); ``onednn`` (CPU) and ``channels_last`` (CUDA) change float
-rounding only (1e-4 of the output range after 3 sampler steps and a decode); ``compile`` 1e-3 (slow test).
+Tolerances: ``cache_control`` is exact (bit for bit); ``onednn`` (CPU) and ``channels_last`` (CPU and CUDA) change
+float rounding only (1e-4 of the output range after 3 sampler steps and a decode); ``compile`` 1e-3 (slow test).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from maisi.performance import (
     dtype_warning,
     fast_dtypes,
     onednn_convolutions,
+    precise_group_norms,
 )
 
 STEPS = 2
@@ -162,11 +164,14 @@ def test_onednn_falls_back_for_grad_and_autocast(model_set):
     assert torch.equal(got, expect) and x.grad is not None
 
 
-def test_channels_last_is_ignored_on_cpu_and_restores_contiguous(model_set, one_thread, tmp_path):
+def test_channels_last_on_cpu_equals_plain_and_restores_contiguous(model_set, one_thread, tmp_path):
     from maisi.networks.checkpoint import save_component
 
     plain = _plain(model_set)
-    assert torch.equal(_synthesise(model_set, PLAIN.replace(channels_last=True)), plain)
+    for speedups in (PLAIN.replace(channels_last=True), PLAIN.replace(channels_last=True, onednn=True)):
+        fast = _synthesise(model_set, speedups)
+        _close(fast, plain, ROUNDING)
+        assert not torch.equal(fast, plain)  # the channels-last kernels really ran
     with channels_last(model_set["vae"]):
         assert (
             model_set["vae"]
@@ -177,16 +182,53 @@ def test_channels_last_is_ignored_on_cpu_and_restores_contiguous(model_set, one_
     save_component(tmp_path / "vae", model_set["vae"], model_set.config.vae, component="vae")  # safetensors
 
 
-def test_cpu_channels_last_group_norm_loses_precision():
-    """Why ``channels_last`` is CUDA-only and ``onednn`` keeps NCDHW: PyTorch's CPU GroupNorm on channels-last
-    input. If a PyTorch release fixes it, this test fails and the switch can be opened to CPUs."""
+def test_channels_last_activations_flow_through_the_unet(model_set, one_thread):
+    """With the CPU defaults the UNet's convolutions see channels-last input (no reorder per convolution)."""
+    seen = []
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last_3d))
+        )
+        for m in model_set["unet"].modules()
+        if type(m) is torch.nn.Conv3d and m.kernel_size == (3, 3, 3)
+    ]
+    try:
+        _synthesise(model_set, Speedups())
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and sum(seen) / len(seen) > 0.6, f"{sum(seen)}/{len(seen)} convolutions got channels-last input"
+
+
+def _offset_group_norm_case():
     gn = torch.nn.GroupNorm(8, 32)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
     x = torch.randn(1, 32, 16, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.1 + 10.0
-    exact = gn.double()(x.double())
-    gn.float()
+    exact = copy.deepcopy(gn).double()(x.double())
+    return gn, x, exact
+
+
+def test_cpu_channels_last_group_norm_loses_precision():
+    """Why :func:`precise_group_norms` exists: PyTorch's CPU GroupNorm on channels-last input computes the variance
+    in one pass. If a PyTorch release fixes it, this test fails and the shift can go."""
+    gn, x, exact = _offset_group_norm_case()
     plain = (gn(x).double() - exact).abs().max().item()
     last = (gn(x.contiguous(memory_format=torch.channels_last_3d)).double() - exact).abs().max().item()
     assert plain < 1e-4 < last
+
+
+def test_precise_group_norms_on_channels_last_input():
+    gn, x, exact = _offset_group_norm_case()
+    x_last = x.contiguous(memory_format=torch.channels_last_3d)
+    with precise_group_norms(gn) as patched:
+        assert patched == 1
+        out = gn(x_last)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        assert (out.double() - exact).abs().max().item() < 1e-4
+        assert torch.equal(gn(x), torch.nn.functional.group_norm(x, 8, gn.weight, gn.bias, gn.eps))  # NCDHW: plain
+    assert "forward" not in gn.__dict__
 
 
 def test_all_default_speedups_equal_plain(model_set, one_thread):
@@ -239,8 +281,10 @@ def test_generate_with_and_without_speedups(model_set, tmp_path, one_thread):
 def test_accelerate_skips_none_and_duplicates(model_set):
     vae = model_set["vae"]
     with accelerate([vae, None, vae], Speedups(), device="cpu"):
-        routed = [m for m in vae.modules() if "forward" in m.__dict__]
-        assert len(routed) == sum(1 for m in vae.modules() if type(m) is torch.nn.Conv3d)
+        routed = [m for m in vae.modules() if "forward" in m.__dict__]  # each conv and norm patched once
+        assert len(routed) == sum(
+            1 for m in vae.modules() if type(m) is torch.nn.Conv3d or isinstance(m, torch.nn.GroupNorm)
+        )
     assert not any("forward" in m.__dict__ for m in vae.modules())
 
 
