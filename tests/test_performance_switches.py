@@ -197,7 +197,9 @@ def test_channels_last_activations_flow_through_the_unet(model_set, one_thread):
     finally:
         for h in hooks:
             h.remove()
-    assert seen and sum(seen) / len(seen) > 0.6, f"{sum(seen)}/{len(seen)} convolutions got channels-last input"
+    assert seen and sum(seen) / len(seen) > 0.6, (
+        f"{sum(seen)}/{len(seen)} convolutions got channels-last input"
+    )
 
 
 def _offset_group_norm_case():
@@ -227,7 +229,9 @@ def test_precise_group_norms_on_channels_last_input():
         out = gn(x_last)
         assert out.is_contiguous(memory_format=torch.channels_last_3d)
         assert (out.double() - exact).abs().max().item() < 1e-4
-        assert torch.equal(gn(x), torch.nn.functional.group_norm(x, 8, gn.weight, gn.bias, gn.eps))  # NCDHW: plain
+        assert torch.equal(
+            gn(x), torch.nn.functional.group_norm(x, 8, gn.weight, gn.bias, gn.eps)
+        )  # NCDHW: plain
     assert "forward" not in gn.__dict__
 
 

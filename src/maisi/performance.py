@@ -220,7 +220,9 @@ class _OneDNNConv:
         conv = self.conv
         if not self.usable(x):
             return type(conv).forward(conv, x)
-        x = x.contiguous(memory_format=torch.channels_last_3d if self.channels_last else torch.contiguous_format)
+        x = x.contiguous(
+            memory_format=torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        )
         return torch.ops.aten.mkldnn_convolution(
             x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
         )
