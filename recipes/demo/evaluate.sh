@@ -25,10 +25,21 @@ stamp "VAE reconstruction on held-out phantoms"
 stamp "20 generated pairs"
 $G --num-samples 20 --seed 2026 --output-dir "$E/generated"
 stamp "size control: five liver sizes, phantom masks and the mask-generation model"
+# A relative size means a place in the phantom population's liver range for phantom masks, and a value of the size
+# vector the mask model was trained on for the model: its five requests span the liver values of the training maps
+# (anatomy_size_conditions.json), since a model cannot be asked for sizes it never saw.
+MODEL_SIZES="$(python - "$WEIGHTS/anatomy_size_conditions.json" <<'PY'
+import json, sys
+import numpy as np
+liver = [c["organ_size"][0] for c in json.load(open(sys.argv[1])) if c["organ_size"][0] >= 0]
+print(" ".join(f"{v:.3f}" for v in np.linspace(min(liver), max(liver), 5)))
+PY
+)"
 for src in phantom model; do
-  extra=""; if [ "$src" = model ]; then extra="--mask-steps 100"; fi  # 100 DDPM steps: 1000 take minutes per sample on a CPU
+  extra=""; sizes="0.3 0.5 0.7 0.9 1.0"
+  if [ "$src" = model ]; then extra="--mask-steps 100"; sizes="$MODEL_SIZES"; fi  # 100 DDPM steps: 1000 take minutes per sample on a CPU
   mkdir -p "$E/size_$src"
-  for s in 0.3 0.5 0.7 0.9 1.0; do
+  for s in $sizes; do
     run="$E/size_runs/${src}_liver_$s"
     $G --mask-source $src --organ-size liver=$s --seed 11 $extra --output-dir "$run"
     for f in image.nii.gz label.nii.gz preview.png; do cp -f "$run/sample_00000_$f" "$E/size_$src/liver_${s}_$f"; done
