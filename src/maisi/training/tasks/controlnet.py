@@ -21,7 +21,7 @@ from maisi.errors import DataError
 from maisi.generation.conditioning import binarize_labels, without_tumors
 from maisi.networks import build
 from maisi.training.conditioning import tumor_mask
-from maisi.training.datasets import PREVIEW_STREAM, VAL_STREAM, Case, sample_generator
+from maisi.training.datasets import PREVIEW_STREAM, Case, sample_generator
 from maisi.training.tasks.base import (
     SavedComponent,
     as_tensor_label,
@@ -29,7 +29,7 @@ from maisi.training.tasks.base import (
     load_matching,
     with_scale_factor,
 )
-from maisi.training.tasks.diffusion import PREVIEW_STEPS, VAL_DRAWS, DiffusionTask, _merge_configs
+from maisi.training.tasks.diffusion import PREVIEW_STEPS, DiffusionTask, _merge_configs
 
 
 class ControlNetTask(DiffusionTask):
@@ -135,14 +135,8 @@ class ControlNetTask(DiffusionTask):
         return self.objective(nets, batch)
 
     @torch.no_grad()
-    def validate_case(self, nets, case, index):
-        losses = []
-        for k in range(VAL_DRAWS):
-            gen = sample_generator(self.cfg.train.seed, VAL_STREAM, index, k)
-            item = self.make_item(case, gen, train=False)
-            batch = {key: v[None].to(self.device) for key, v in item.items()}
-            losses.append(float(self.objective(nets, batch)[0]))
-        return {"val_loss": sum(losses) / len(losses)}
+    def validation_loss(self, nets, batch) -> torch.Tensor:
+        return self.objective(nets, batch)[0]
 
     @torch.no_grad()
     def previews(self, nets, batch):

@@ -191,9 +191,13 @@ class DiffusionTask(Task):
             gen = sample_generator(self.cfg.train.seed, VAL_STREAM, index, k)
             item = self.make_item(case, gen, train=False)
             batch = {key: v[None].to(self.device) for key, v in item.items()}
-            x_t, target = self.scheduler.training_pair(batch["x0"], batch["noise"], batch["t"])
-            losses.append(float(diffusion_loss(self.predict(nets, x_t, batch), target)))
+            losses.append(float(self.validation_loss(nets, batch)))
         return {"val_loss": sum(losses) / len(losses)}
+
+    def validation_loss(self, nets, batch) -> torch.Tensor:
+        """The loss of one validation draw (``batch`` holds one item): the diffusion loss."""
+        x_t, target = self.scheduler.training_pair(batch["x0"], batch["noise"], batch["t"])
+        return diffusion_loss(self.predict(nets, x_t, batch), target)
 
     # ---------------------------------------------------------------- previews and saving
 
