@@ -285,7 +285,14 @@ def test_generate_with_and_without_speedups(model_set, tmp_path, one_thread):
 def test_accelerate_skips_none_and_duplicates(model_set):
     vae = model_set["vae"]
     with accelerate([vae, None, vae], Speedups(), device="cpu"):
-        routed = [m for m in vae.modules() if "forward" in m.__dict__]  # each conv and norm patched once
+        routed = [
+            m for m in vae.modules() if "forward" in m.__dict__
+        ]  # each conv patched once (a VAE stays NCDHW)
+        assert len(routed) == sum(1 for m in vae.modules() if type(m) is torch.nn.Conv3d)
+    with accelerate([vae, vae], Speedups(channels_last=True), device="cpu"):
+        routed = [
+            m for m in vae.modules() if "forward" in m.__dict__
+        ]  # and each norm when forced channels-last
         assert len(routed) == sum(
             1 for m in vae.modules() if type(m) is torch.nn.Conv3d or isinstance(m, torch.nn.GroupNorm)
         )
