@@ -5,7 +5,7 @@
 #   bash recipes/demo/run.sh WORK_DIR [DEVICE]
 #
 # Every stage resumes or is skipped when re-run (training runs resume from their checkpoints, encoding skips
-# finished files). Configs: the `demo` preset plus the overlays beside this script. About 100 min of training on a
+# finished files). Configs: the `demo` preset plus the overlays beside this script. About 2 h of training on a
 # 2-core CPU (see recipes/demo/README.md for the measured times).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
