@@ -32,6 +32,7 @@ stamp() { echo "[$(date +%H:%M:%S)] $*"; }
   T mask-diffusion --config "$HERE/mask_diffusion.json" --data "$W/masks64" --init-from "$W/mask_vae/model" --run-dir "$W/mask_diffusion"
 ) > "$W/mask_branch.log" 2>&1 &
 MASK_BRANCH=$!
+trap 'kill "$MASK_BRANCH" 2>/dev/null || true' EXIT  # an image-branch failure stops the mask branch too
 
 # 3. the image branch
 stamp "VAE"
