@@ -32,7 +32,8 @@ stamp() { echo "[$(date +%H:%M:%S)] $*"; }
   T mask-diffusion --config "$HERE/mask_diffusion.json" --data "$W/masks64" --init-from "$W/mask_vae/model" --run-dir "$W/mask_diffusion"
 ) > "$W/mask_branch.log" 2>&1 &
 MASK_BRANCH=$!
-trap 'kill "$MASK_BRANCH" 2>/dev/null || true' EXIT  # an image-branch failure stops the mask branch too
+# an image-branch failure stops the mask branch too (its running command first, then the subshell)
+trap 'pkill -P "$MASK_BRANCH" 2>/dev/null; kill "$MASK_BRANCH" 2>/dev/null || true' EXIT
 
 # 3. the image branch
 stamp "VAE"
