@@ -21,8 +21,6 @@ from maisi.performance import (
     accelerate,
     cached_control_embedding,
     channels_last,
-    dtype_warning,
-    fast_dtypes,
     onednn_convolutions,
     precise_group_norms,
 )
@@ -283,65 +281,18 @@ def test_generate_with_and_without_speedups(model_set, tmp_path, one_thread):
 
 
 def test_accelerate_skips_none_and_duplicates(model_set):
+    from monai.apps.generation.maisi.networks.autoencoderkl_maisi import MaisiResBlock, MaisiUpsample
+
     vae = model_set["vae"]
-    with accelerate([vae, None, vae], Speedups(), device="cpu"):
+    convs = sum(1 for m in vae.modules() if type(m) is torch.nn.Conv3d)
+    norms = sum(1 for m in vae.modules() if isinstance(m, torch.nn.GroupNorm))
+    blocks = sum(1 for m in vae.modules() if type(m) in (MaisiResBlock, MaisiUpsample))
+    with accelerate([vae, None, vae], Speedups(channels_last=False), device="cpu"):
+        routed = [m for m in vae.modules() if "forward" in m.__dict__]  # each conv patched once
+        assert len(routed) == convs
+    with accelerate([vae, vae], Speedups(), device="cpu"):
         routed = [
             m for m in vae.modules() if "forward" in m.__dict__
-        ]  # each conv patched once (a VAE stays NCDHW)
-        assert len(routed) == sum(1 for m in vae.modules() if type(m) is torch.nn.Conv3d)
-    with accelerate([vae, vae], Speedups(channels_last=True), device="cpu"):
-        routed = [
-            m for m in vae.modules() if "forward" in m.__dict__
-        ]  # and each norm when forced channels-last
-        assert len(routed) == sum(
-            1 for m in vae.modules() if type(m) is torch.nn.Conv3d or isinstance(m, torch.nn.GroupNorm)
-        )
+        ]  # and each norm and block channels-last
+        assert len(routed) == convs + norms + blocks
     assert not any("forward" in m.__dict__ for m in vae.modules())
-
-
-def test_speedups_validate():
-    with pytest.raises(ValueError, match="compile must be None or one of"):
-        Speedups(compile="fastest")
-    with pytest.raises(ValueError, match="threads must be >= 1"):
-        Speedups(threads=0)
-    assert not any(dataclasses.astuple(PLAIN)[:3]) and PLAIN.compile is None
-
-
-def test_dtype_warning(monkeypatch):
-    import maisi.performance as perf
-
-    monkeypatch.setattr(perf, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert fast_dtypes("cpu") == ("float32",)
-    assert "bfloat16 has no hardware support" in dtype_warning("cpu", "bfloat16")
-    assert dtype_warning("cpu", "float32") is None
-    monkeypatch.setattr(perf, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
-    assert dtype_warning("cpu", "bfloat16") is None
-
-
-@pytest.mark.gpu
-def test_channels_last_equals_plain_on_cuda(model_set):
-    from maisi.performance import channels_last as cl
-
-    unet = model_set["unet"].cuda()
-    try:
-        x = torch.randn(1, 4, 16, 16, 16, device="cuda")
-        t = torch.full((1,), 500.0, device="cuda")
-        kw = {
-            "class_labels": torch.ones(1, dtype=torch.long, device="cuda"),
-            "spacing_tensor": torch.full((1, 3), 300.0, device="cuda"),
-        }
-        with torch.inference_mode():
-            plain = unet(x=x, timesteps=t, **kw)
-            with cl(unet):
-                fast = unet(x=x.contiguous(memory_format=torch.channels_last_3d), timesteps=t, **kw)
-        _close(fast.float().cpu(), plain.float().cpu(), ROUNDING)
-    finally:
-        model_set["unet"].cpu()
-
-
-@pytest.mark.slow
-def test_compile_equals_plain(model_set):
-    plain = _plain(model_set)
-    fast = _synthesise(model_set, PLAIN.replace(compile="default"))
-    _close(fast, plain, 1e-3)
-    assert not any("forward" in m.__dict__ for m in model_set["unet"].modules())

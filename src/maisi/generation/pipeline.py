@@ -25,8 +25,8 @@ from maisi.errors import RequestError
 from maisi.generation.mask_sources import MaskSample, MaskSource, choose_source_kind, make_mask_source
 from maisi.generation.request import check_body_region, modality_id, validate_request
 from maisi.generation.seeds import derive_seed, dist_env, shard, torch_generator
-from maisi.generation.synthesis import latent_shape, synthesise, unit_to_hu
-from maisi.performance import Speedups, dtype_warning
+from maisi.generation.synthesis import latent_shape, sampling_networks, synthesise, unit_to_hu
+from maisi.performance import Speedups, accelerate, dtype_warning
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,12 @@ def generate(
     slow = dtype_warning(run.device, run.gen.dtype)
     if slow:
         log.warning("maisi generate: %s", slow)
-    with _Writer(background=write and run.speedups.overlap_write) as writer:
+    # one speed-up block for the whole run: networks are prepared (layouts, Winograd kernels) once, not per batch
+    networks = sampling_networks(run.model_set, run.codec)
+    with (
+        _Writer(background=write and run.speedups.overlap_write) as writer,
+        accelerate(networks, run.speedups, device=run.device),
+    ):
         for start in range(0, len(todo), batch_size):
             for s in _make_batch(
                 run, todo[start : start + batch_size], rank=rank, world=world, return_unit=return_unit

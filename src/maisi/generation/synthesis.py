@@ -136,8 +136,7 @@ def synthesise(
         device=device,
         dtype=DTYPES[dtype],
     )
-    networks = [model_set["unet"], model_set["controlnet"], codec.vae]
-    with accelerate(networks, speedups, device=device):
+    with accelerate(sampling_networks(model_set, codec), speedups, device=device):
         with torch.inference_mode():
             latent = sample(
                 denoiser,
@@ -156,6 +155,11 @@ def synthesise(
     body = torch.from_numpy(np.stack([m.label for m in masks]))[:, None] > 0
     unit = torch.where(body, unit, torch.zeros((), dtype=unit.dtype))  # -1000 HU outside the body
     return unit, {"sampling_s": round(t1 - t0, 4), "decode_s": round(t2 - t1, 4)}
+
+
+def sampling_networks(model_set: Any, codec: Any) -> list[torch.nn.Module]:
+    """The networks :func:`synthesise` runs (and :func:`maisi.performance.accelerate` speeds up)."""
+    return [model_set["unet"], model_set["controlnet"], codec.vae]
 
 
 def unit_to_hu(unit: np.ndarray) -> np.ndarray:

@@ -1,0 +1,128 @@
+"""Memory layout on the CPU: channels-last weights, precise group norms on channels-last input, and MAISI
+autoencoder blocks that keep the layout of their input."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maisi.kernels import group_norm as kernel_group_norm
+
+
+class _PreciseGroupNorm:
+    """Forward of one ``nn.GroupNorm`` that stays precise on channels-last CPU input.
+
+    With the compiled kernel (:mod:`maisi.kernels.group_norm`: float64 statistics, one write pass) where it builds;
+    otherwise the input first has an estimate of each group's mean subtracted (the mean over a strided subsample of
+    about 4096 voxels; group normalisation ignores a constant added to a group), so PyTorch's one-pass
+    channels-last kernel works on values centred near zero, where its variance is accurate. Anything else takes
+    the module's forward.
+    """
+
+    SAMPLE = 4096
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
+        self.norm = norm
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.norm
+        if not (
+            x.device.type == "cpu"
+            and x.dim() == 5
+            and x.dtype == torch.float32
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last_3d)
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return type(norm).forward(norm, x)
+        if kernel_group_norm.supports(x):
+            return kernel_group_norm.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        n, c = x.shape[:2]
+        groups = norm.num_groups
+        stride = max(1, round((x[0, 0].numel() / self.SAMPLE) ** (1 / 3)))
+        sample = x[:, :, ::stride, ::stride, ::stride]
+        shift = sample.reshape(n, groups, -1).mean(-1).repeat_interleave(c // groups, dim=1)
+        return nn.functional.group_norm(
+            x - shift.view(n, c, 1, 1, 1), groups, norm.weight, norm.bias, norm.eps
+        )
+
+
+def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``silu(norm(x))``, fused in one pass by the compiled kernel for a group norm on channels-last input."""
+    if isinstance(norm, nn.GroupNorm) and not x.is_contiguous() and kernel_group_norm.supports(x):
+        return kernel_group_norm.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu=True)
+    return F.silu(norm(x))
+
+
+@contextlib.contextmanager
+def precise_group_norms(module: nn.Module) -> Iterator[int]:
+    """Make every ``nn.GroupNorm`` of ``module`` precise on channels-last CPU input for the block
+    (:class:`_PreciseGroupNorm`); yields how many were patched."""
+    norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+    for norm in norms:
+        norm.forward = _PreciseGroupNorm(norm)
+    try:
+        yield len(norms)
+    finally:
+        for norm in norms:
+            norm.__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
+def channels_last(module: nn.Module) -> Iterator[None]:
+    """Store the 5D parameters of ``module`` channels-last for the block (restored to contiguous afterwards, so
+    state dicts can be saved with safetensors)."""
+    params = [p for p in module.parameters() if p.dim() == 5]
+    with torch.no_grad():
+        for p in params:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p in params:
+                p.data = p.data.contiguous()
+
+
+def _resblock_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``MaisiResBlock.forward`` without its final copy to NCDHW (same operations, norm and SiLU fused)."""
+    h = block.conv1(_norm_silu(block.norm1, x))
+    h = block.conv2(_norm_silu(block.norm2, h))
+    if block.in_channels != block.out_channels:
+        x = block.nin_shortcut(x)
+    return x + h
+
+
+def _upsample_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``MaisiUpsample.forward`` without its final copy to NCDHW."""
+    if not block.use_convtranspose:
+        x = F.interpolate(x, scale_factor=2.0, mode="trilinear")
+    return block.conv(x)
+
+
+@contextlib.contextmanager
+def layout_preserving_vae_blocks(module: nn.Module) -> Iterator[int]:
+    """For the block, MONAI's MAISI autoencoder residual and upsampling blocks keep the memory layout of their input.
+
+    Their ``forward`` ends in MONAI's ``convert_to_tensor``, which copies a channels-last result back to NCDHW, so
+    a channels-last autoencoder would pay two layout copies per block. The replacement runs the same operations
+    without that copy (bit for bit the same values). Other modules pass; yields how many blocks were patched.
+    """
+    from monai.apps.generation.maisi.networks.autoencoderkl_maisi import MaisiResBlock, MaisiUpsample
+
+    forwards = {MaisiResBlock: _resblock_forward, MaisiUpsample: _upsample_forward}
+    blocks = [m for m in module.modules() if type(m) in forwards]
+    for block in blocks:
+        block.forward = forwards[type(block)].__get__(block)
+    try:
+        yield len(blocks)
+    finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+
+
+__all__ = ["channels_last", "layout_preserving_vae_blocks", "precise_group_norms"]
