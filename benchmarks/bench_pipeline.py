@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> None:
             for side in sides:
                 dump = str(Path(tmp) / f"{side}.npy")
                 r = run_child(
-                    __file__, [*common_args, "--_side", side, "--_size", str(size), "--_dump", dump]
+                    __file__,
+                    [*common_args, "--_side", side, "--_size", str(size), "--_dump", dump],
+                    prompt_release=False,  # timings under the default allocator, as users run
                 )
                 if "error" not in r:
                     st = r["stages"]

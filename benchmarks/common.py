@@ -2,8 +2,8 @@
 
 Every measured side runs in a fresh child process so that its peak memory is its own: CPU peak = ``VmHWM`` of
 ``/proc/self/status`` (reset per stage through ``/proc/self/clear_refs``), CUDA peak =
-``torch.cuda.max_memory_allocated``. Children run with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors leave the
-resident set at once.
+``torch.cuda.max_memory_allocated``. Memory benchmarks run their children with ``MALLOC_MMAP_THRESHOLD_=65536`` so
+freed tensors leave the resident set at once; timing benchmarks keep the default allocator (see :func:`run_child`).
 """
 
 from __future__ import annotations
@@ -129,10 +129,19 @@ def machine() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ processes
 
 
-def run_child(script: str | Path, args: list[str], *, timeout: float | None = None) -> dict[str, Any]:
+def run_child(
+    script: str | Path, args: list[str], *, timeout: float | None = None, prompt_release: bool = True
+) -> dict[str, Any]:
     """Run ``python script args`` in a fresh process; its last stdout line is a JSON object, returned with the
-    load averages before and after. A failure returns ``{"error": last stderr line}``."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=os.pathsep.join([str(ROOT / "src")]))
+    load averages before and after. A failure returns ``{"error": last stderr line}``.
+
+    ``prompt_release`` (memory benchmarks) makes glibc map every allocation over 64 KB on its own, so freed memory
+    leaves the process at once and each stage's peak is its own; it also makes every large allocation fault its
+    pages in again, which slows allocation-heavy code, so timing benchmarks run with the default allocator (as
+    users do)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src")]))
+    if prompt_release:
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     before = os.getloadavg()
     proc = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=timeout

@@ -106,7 +106,7 @@ def test_winograd_convolutions_route_and_fall_back():
         assert len(forwards) == 1  # the 32 -> 8 convolution is not eligible
         with torch.no_grad():
             fast = net(x)
-            net(torch.randn(1, 32, 4, 4, 4))  # one tile: falls back
+            net(torch.randn(1, 32, 12, 12, 12))  # 27 tiles: falls back
         assert forwards[0].calls == 1
         assert (fast - plain).abs().max() / plain.abs().max() < WINOGRAD_TOL
         y = net(x.requires_grad_())  # autograd: the plain path
@@ -121,7 +121,7 @@ def test_winograd_convolutions_route_and_fall_back():
 
 def test_accelerate_winograd_switch_counts(monkeypatch):
     net = torch.nn.Sequential(torch.nn.Conv3d(32, 32, 3, padding=1)).eval()
-    x = torch.randn(1, 32, 8, 8, 8)
+    x = torch.randn(1, 32, 16, 16, 16)
     calls: list[int] = []
     real = winograd.conv3d
     monkeypatch.setattr(winograd, "conv3d", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -156,7 +156,7 @@ def test_kernel_builds_once_into_the_cache(monkeypatch, tmp_path):
 
 def test_nested_accelerate_keeps_the_outer_setup(monkeypatch):
     net = torch.nn.Sequential(torch.nn.Conv3d(32, 32, 3, padding=1)).eval()
-    x = torch.randn(1, 32, 8, 8, 8)
+    x = torch.randn(1, 32, 16, 16, 16)
     transforms: list[int] = []
     real = winograd.transform_weight
     monkeypatch.setattr(winograd, "transform_weight", lambda w: transforms.append(1) or real(w))

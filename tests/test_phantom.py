@@ -243,6 +243,8 @@ def test_write_phantoms(tmp_path):
         ({"organ_scale": {"liver": 1.1}, "organ_volumes_ml": {"liver": 1500.0}}, "both set"),
         ({"tumors": {"brain tumor": 5.0}}, "tumors: unknown name"),
         ({"noise_hu": -1.0}, "noise_hu"),
+        ({"supersample": 0}, "supersample"),
+        ({"supersample": 2.0}, "supersample"),
     ],
 )
 def test_invalid_requests(kwargs, match):
@@ -252,3 +254,31 @@ def test_invalid_requests(kwargs, match):
 
 def test_controllable_organs_cover_the_size_slots():
     assert {"liver", "gallbladder", "stomach", "pancreas", "colon"} <= set(CONTROLLABLE_ORGANS)
+
+
+def test_supersampled_phantom_has_partial_volume_edges():
+    """``supersample=3`` averages sub-voxels: same labels and organ intensities, ramps instead of steps at edges."""
+    sharp = _small(1)
+    soft = make_phantom(seed=1, supersample=3, **SMALL)
+    assert soft.label.tobytes() == sharp.label.tobytes()  # labels stay on the requested lattice
+    assert soft.volumes_ml == sharp.volumes_ml and soft.params["supersample"] == 3
+    air = sharp.label == 0
+    far_air = air.copy()
+    for axis in range(3):  # air at least two voxels away from the body on every axis
+        far_air &= np.roll(air, 2, axis) & np.roll(air, -2, axis)
+    assert (soft.image[far_air] == -1000).all()
+    for group in ("liver", "spleen", "kidney"):
+        mask = np.isin(sharp.label, MEDIAN_GROUPS[group])
+        assert abs(np.median(soft.image[mask]) - np.median(sharp.image[mask])) < 15, group
+    # the skin: the body's outermost voxels are mixed with air in the supersampled image only
+    body = sharp.label != 0
+    skin = body & ~(np.roll(body, 1, 0) & np.roll(body, -1, 0) & np.roll(body, 1, 1) & np.roll(body, -1, 1))
+    outside = ~body & (
+        np.roll(body, 1, 0) | np.roll(body, -1, 0) | np.roll(body, 1, 1) | np.roll(body, -1, 1)
+    )
+    assert (sharp.image[outside] == -1000).all()
+    assert np.mean(soft.image[outside] > -950) > 0.3  # air voxels the body partly fills
+    assert np.median(soft.image[skin]) < np.median(sharp.image[skin]) - 30  # skin voxels partly air
+    a = make_phantom(seed=1, supersample=2, size=(32, 32, 32), spacing=(6.0, 6.0, 6.0))
+    b = make_phantom(seed=1, supersample=2, size=(32, 32, 32), spacing=(6.0, 6.0, 6.0))
+    assert a.image.tobytes() == b.image.tobytes()

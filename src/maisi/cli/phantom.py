@@ -15,6 +15,13 @@ def register(subparsers) -> None:
     p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("SX", "SY", "SZ"))
     p.add_argument("--region", default="chest-abdomen", choices=["chest", "abdomen", "chest-abdomen"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--supersample",
+        type=int,
+        default=1,
+        metavar="K",
+        help="partial volume: render on a K-times finer lattice and average each voxel's K^3 sub-voxels (1: sharp)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing phantom files")
     p.set_defaults(func=run)
 
@@ -28,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         region=args.region,
         seed=args.seed,
         overwrite=args.overwrite,
+        supersample=args.supersample,
     )
     print(f"wrote {len(entries)} phantoms to {args.output_dir}")
     return 0

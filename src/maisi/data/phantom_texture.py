@@ -114,6 +114,7 @@ def render_hu(
     texture_seq: np.random.SeedSequence,
     noise_rng: np.random.Generator,
     noise_hu: float,
+    fine: Canvas | None = None,
 ) -> np.ndarray:
     """CT image (int16 HU, (X, Y, Z)) of a painted canvas.
 
@@ -121,7 +122,33 @@ def render_hu(
     vessel-like blobs where the texture peaks. Scanner noise is Gaussian, ``noise_hu`` standard deviation per
     voxel, correlated in-plane by a [1, 2, 1] kernel along X and Y (rescaled to keep its standard deviation).
     Air (outside the body, and slices outside the scan range) is exactly -1000 HU.
+
+    With ``fine`` (the same anatomy painted on a lattice ``k`` times finer along each axis, covering the same
+    voxels), the noise-free image is rendered on it and averaged over each voxel's ``k^3`` sub-voxels: the partial
+    volume effect of a real scanner's voxel, so edges are ramps rather than steps. Noise is then added per voxel.
     """
+    if fine is None:
+        img = _tissue_hu(canvas, hu, texture_seq)
+    else:
+        k = fine.tissue.shape[0] // canvas.tissue.shape[0]
+        if tuple(n * k for n in canvas.tissue.shape) != fine.tissue.shape:
+            raise ValueError(f"fine canvas {fine.tissue.shape} is not {k}x the canvas {canvas.tissue.shape}")
+        sub = _tissue_hu(fine, hu, texture_seq)
+        x, y, z = canvas.tissue.shape
+        img = sub.reshape(x, k, y, k, z, k).mean(axis=(1, 3, 5), dtype=np.float32)
+    if noise_hu > 0:
+        names = list(TISSUES)
+        noise = _correlated_noise(noise_rng, canvas.tissue.shape)
+        level = np.full(len(names), noise_hu, dtype=np.float32)
+        level[TISSUE_IDS["air"]] = 0.0  # air stays exactly -1000 HU
+        noise *= level[canvas.tissue]
+        img += noise
+    np.clip(img, *HU_RANGE, out=img)
+    return np.rint(img, out=img).astype(np.int16)
+
+
+def _tissue_hu(canvas: Canvas, hu: dict[str, float], texture_seq: np.random.SeedSequence) -> np.ndarray:
+    """Noise-free float32 HU of a canvas: tissue HU, texture and lung vessels."""
     names = list(TISSUES)
     base = np.array([hu[n] for n in names], dtype=np.float32)
     amp = np.array([TISSUES[n][2] for n in names], dtype=np.float32)
@@ -130,17 +157,9 @@ def render_hu(
     tex, fine = texture(texture_seq, canvas, fine_mask=lung)
     tex *= amp[tissue]
     tex += base[tissue]
-    img = tex
     if fine is not None:  # vessel-like dots where the fine octave peaks (about 5% of lung)
-        img[lung] += np.clip((fine - 1.7) * 2.0, 0.0, 1.0) * np.float32(600.0)
-    if noise_hu > 0:
-        noise = _correlated_noise(noise_rng, tissue.shape)
-        level = np.full(len(names), noise_hu, dtype=np.float32)
-        level[TISSUE_IDS["air"]] = 0.0  # air stays exactly -1000 HU
-        noise *= level[tissue]
-        img += noise
-    np.clip(img, *HU_RANGE, out=img)
-    return np.rint(img, out=img).astype(np.int16)
+        tex[lung] += np.clip((fine - 1.7) * 2.0, 0.0, 1.0) * np.float32(600.0)
+    return tex
 
 
 def _correlated_noise(rng: np.random.Generator, shape) -> np.ndarray:

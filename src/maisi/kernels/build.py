@@ -77,7 +77,11 @@ def _compile(name: str) -> ctypes.CDLL:
             )
             if run.returncode != 0:
                 raise RuntimeError(f"{cc} failed on {src.name}: {run.stderr.strip()[:500]}")
+            os.chmod(tmp, 0o755)
             os.replace(tmp, lib)
+            for old in lib.parent.glob(f"{name}-*.so"):  # builds of earlier sources or other CPUs
+                if old != lib:
+                    old.unlink(missing_ok=True)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

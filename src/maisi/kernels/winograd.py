@@ -17,6 +17,7 @@ done in chunks of tiles, so the extra memory stays under ~64 MB at any volume si
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import torch
 
@@ -36,6 +37,9 @@ POSITIONS = 216  # 6^3 transform positions
 CHUNK_BYTES = 64 << 20  # transformed input + GEMM output of one chunk of tiles
 
 _lib: ctypes.CDLL | None = None
+#: per-thread scratch for the transformed input and the GEMM output, reused across calls: a fresh 64 MB buffer
+#: per convolution would be mapped and page-faulted again at every call (glibc maps allocations over 32 MB)
+_scratch = threading.local()
 
 
 def _library() -> ctypes.CDLL | None:
@@ -49,6 +53,8 @@ def _library() -> ctypes.CDLL | None:
         lib.winograd_input.restype = None
         lib.winograd_output.argtypes = [p, n, i, n, n, n, i, i, p, p, i, i, i, n, n, n, n]
         lib.winograd_output.restype = None
+        lib.winograd_weight.argtypes = [p, n, n, n, n, p]
+        lib.winograd_weight.restype = None
         _lib = lib
     return _lib
 
@@ -64,7 +70,7 @@ def unavailable_reason() -> str | None:
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Kernel transform ``U = G g G^T`` (3D) of a (C_out, C_in, 3, 3, 3) weight, in float64 then rounded.
+    """Kernel transform ``U = G g G^T`` (3D) of a (C_out, C_in, 3, 3, 3) weight, summed in float64, then rounded.
 
     Returns:
         (216, C_in, C_out) float32, contiguous: the right-hand sides of the 216 GEMMs.
@@ -72,10 +78,34 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() != 5 or tuple(weight.shape[2:]) != (3, 3, 3):
         raise ValueError(f"weight must be (C_out, C_in, 3, 3, 3), got {tuple(weight.shape)}")
     c_out, c_in = weight.shape[:2]
-    g = torch.tensor(_G, dtype=torch.float64)
-    g3 = torch.einsum("ai,bj,ck->abcijk", g, g, g).reshape(POSITIONS, 27)
-    u = g3 @ weight.detach().to("cpu", torch.float64).reshape(c_out * c_in, 27).T  # (216, C_out * C_in)
-    return u.reshape(POSITIONS, c_out, c_in).transpose(1, 2).contiguous().float()
+    lib = _library()
+    if lib is None:  # the reference formula (slower): U = (G x G x G) g
+        g = torch.tensor(_G, dtype=torch.float64)
+        g3 = torch.einsum("ai,bj,ck->abcijk", g, g, g).reshape(POSITIONS, 27)
+        u = g3 @ weight.detach().to("cpu", torch.float64).reshape(c_out * c_in, 27).T  # (216, C_out * C_in)
+        return u.reshape(POSITIONS, c_out, c_in).transpose(1, 2).contiguous().float()
+    w = weight.detach().to("cpu", torch.float32).contiguous()
+    with torch.inference_mode(False):
+        u = torch.empty((POSITIONS, c_in, c_out), dtype=torch.float32)
+    wp, up = w.data_ptr(), u.data_ptr()
+    parallel.split(
+        lambda cb, ce: lib.winograd_weight(wp, c_out, c_in, cb, ce, up), 0, c_in, torch.get_num_threads()
+    )
+    return u
+
+
+def _workspace(numel: int) -> torch.Tensor:
+    """This thread's scratch buffer of at least ``numel`` floats (grown when needed, then kept)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # an ordinary tensor, writable inside and outside inference mode
+            buf = _scratch.buf = torch.empty(numel, dtype=torch.float32)
+    return buf[:numel]
+
+
+def release_workspace() -> None:
+    """Free this thread's scratch buffer (:func:`maisi.performance.accelerate` does so when its block ends)."""
+    _scratch.buf = None
 
 
 def conv3d(
@@ -114,8 +144,8 @@ def conv3d(
     tiles = nd * nh * nw
     per_tile = POSITIONS * (c_in + c_out) * 4
     chunk = max(1, min(tiles, chunk_bytes // per_tile))
-    v_buf = torch.empty(POSITIONS * chunk * c_in)
-    m_buf = torch.empty(POSITIONS * chunk * c_out)
+    work = _workspace(POSITIONS * chunk * (c_in + c_out))
+    v_buf, m_buf = work[: POSITIONS * chunk * c_in], work[POSITIONS * chunk * c_in :]
     threads = torch.get_num_threads()
     xs, ys = x.stride(), y.stride()
     for b in range(n):
@@ -142,4 +172,4 @@ def conv3d(
     return y
 
 
-__all__ = ["TILE", "available", "conv3d", "transform_weight", "unavailable_reason"]
+__all__ = ["TILE", "available", "conv3d", "release_workspace", "transform_weight", "unavailable_reason"]

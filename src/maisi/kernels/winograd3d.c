@@ -133,3 +133,38 @@ void winograd_output(const float *M, long plane, int K, long t0, long tb, long t
         }
     }
 }
+
+/* Kernel transform U = G g G^T (3D) for the input channels [cb, ce): w is (K, C, 3, 3, 3) contiguous, U is (216, C, K).
+ * G holds the points 0, 1, -1, 2, -1/2 (rows as in winograd.py); sums run in double, so U is exact to float
+ * rounding. */
+static const double G6[6][3] = {
+    {1.0, 0.0, 0.0},
+    {-1.0 / 3, -1.0 / 3, -1.0 / 3},
+    {1.0 / 3, -1.0 / 3, 1.0 / 3},
+    {1.0 / 15, 2.0 / 15, 4.0 / 15},
+    {-16.0 / 15, 8.0 / 15, -4.0 / 15},
+    {0.0, 0.0, 1.0},
+};
+
+void winograd_weight(const float *w, long K, long C, long cb, long ce, float *U) {
+    const long plane = C * K;
+    for (long c = cb; c < ce; c++) {
+        for (long k = 0; k < K; k++) {
+            const float *g = w + (k * C + c) * 27;
+            double a[6][3][3], b[6][6][3];
+            for (int p = 0; p < 6; p++) /* along D */
+                for (int j = 0; j < 3; j++)
+                    for (int l = 0; l < 3; l++)
+                        a[p][j][l] = G6[p][0] * g[j * 3 + l] + G6[p][1] * g[9 + j * 3 + l] + G6[p][2] * g[18 + j * 3 + l];
+            for (int p = 0; p < 6; p++) /* along H */
+                for (int q = 0; q < 6; q++)
+                    for (int l = 0; l < 3; l++)
+                        b[p][q][l] = G6[q][0] * a[p][0][l] + G6[q][1] * a[p][1][l] + G6[q][2] * a[p][2][l];
+            for (int p = 0; p < 6; p++) /* along W, into U */
+                for (int q = 0; q < 6; q++)
+                    for (int r = 0; r < 6; r++)
+                        U[((p * 6 + q) * 6 + r) * plane + c * K + k] =
+                            (float)(G6[r][0] * b[p][q][0] + G6[r][1] * b[p][q][1] + G6[r][2] * b[p][q][2]);
+        }
+    }
+}

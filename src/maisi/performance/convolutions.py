@@ -76,8 +76,9 @@ def onednn_convolutions(module: nn.Module, *, channels_last: bool = False) -> It
 #: convolution takes 216 * C_in * C_out floats, so convolutions past 256 x 256 (57 MB) stay with oneDNN
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MAX_CHANNEL_PRODUCT = 256 * 256
-#: and from 8 output tiles (an 8^3 volume): below that, reading the transformed kernel costs more than it saves
-WINOGRAD_MIN_TILES = 8
+#: and from 64 output tiles (a 16^3 volume): below that (the UNet's deepest levels) a call saves less than the
+#: kernel transform and its memory cost, and oneDNN keeps those convolutions
+WINOGRAD_MIN_TILES = 64
 
 
 def winograd_eligible(conv: nn.Module) -> bool:
@@ -168,6 +169,7 @@ def winograd_convolutions(module: nn.Module, *, required: bool = False) -> Itera
     try:
         yield [conv.forward for conv, _ in patched]
     finally:
+        winograd.release_workspace()
         for conv, before in patched:
             if before is None:
                 conv.__dict__.pop("forward", None)
