@@ -139,3 +139,60 @@ def test_segmenter_config_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": "maisi-segmenter", "labels": [999]}))
     with pytest.raises(Exception, match="999"):
         Segmenter.load(tmp_path)
+
+
+def write_kidney_pairs(folder, n=2, shape=(24, 24, 24)):
+    """Pairs with a liver cube (60 HU) and two kidney cubes (right 5, left 14; both 150 HU) in a body."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = cube(shape, corner=(2, 2, 2), size=20, value=200)
+        label[cube(shape, corner=(4 + i, 4, 4), size=8) > 0] = 1
+        label[cube(shape, corner=(14, 4, 14), size=5) > 0] = 5
+        label[cube(shape, corner=(14, 14, 14 - i), size=5) > 0] = 14
+        image = np.full(shape, -1000.0, np.float32)
+        image[label == 200], image[label == 1], image[np.isin(label, (5, 14))] = 0.0, 60.0, 150.0
+        save_nifti(folder / f"s{i}_image.nii.gz", image, AFFINE)
+        save_nifti(folder / f"s{i}_label.nii.gz", label, AFFINE)
+    return folder
+
+
+def test_consistency_of_a_group_segmenter_is_scored_per_group(tmp_path):
+    pairs = write_kidney_pairs(tmp_path / "gen")
+
+    def grouped(volume: Volume) -> np.ndarray:
+        # both kidneys come out as the group's first id (5); the liver is one voxel off along X
+        label = np.zeros(volume.shape, np.uint8)
+        label[volume.array == 150.0] = 5
+        label[np.roll(volume.array == 60.0, 1, axis=0)] = 1
+        return label
+
+    grouped.labels = (1, 5)
+    grouped.groups = {"liver": (1,), "kidneys": (5, 14)}
+    r = evaluate_consistency(pairs, grouped)
+    assert r["labels"] == {} and r["mean_dice"] is None  # no per-id scores: 14 is never output
+    assert r["groups"]["kidneys"]["mean"] == pytest.approx(1.0)
+    assert r["groups"]["liver"]["mean"] == pytest.approx(2 * 448 / 1024)
+    assert r["group_mean_dice"] == pytest.approx((1.0 + 2 * 448 / 1024) / 2)
+    plain = evaluate_consistency(pairs, lambda v: grouped(v))  # an id segmenter: kidney 14 scored 0
+    assert plain["labels"]["14"]["mean"] == 0.0 and plain["groups"]["kidneys"]["mean"] == pytest.approx(1.0)
+
+
+def test_train_segmenter_on_groups(tmp_path):
+    pairs = write_kidney_pairs(tmp_path / "train")
+    groups = {"liver": [1], "kidneys": [5, 14]}
+    folder = train_segmenter(
+        pairs, tmp_path / "run", steps=2, seed=0, roi_size=(16, 16, 16), network=TINY_NET, groups=groups
+    )
+    spec = read_spec(folder)
+    assert spec.labels == (1, 5) and spec.groups == {"liver": (1,), "kidneys": (5, 14)}
+    seg = Segmenter.load(folder)
+    assert seg.groups == spec.groups and seg.model.out_channels == 3  # background + two groups
+    r = evaluate_consistency(pairs, folder)
+    assert set(r["groups"]) == {"liver", "kidneys"} and r["labels"] == {}
+    with pytest.raises(ConfigError, match="labels or groups"):
+        train_segmenter(pairs, tmp_path / "x", steps=1, labels=[1], groups=groups)
+    raw = json.loads((folder / "config.json").read_text())
+    raw["groups"] = {"kidneys": [14, 5], "liver": [1]}  # first ids must be the output labels, in order
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="'groups' must map"):
+        read_spec(folder)

@@ -186,3 +186,15 @@ def test_cli_train_segmenter_then_consistency(folders, capsys):
     assert main(["evaluate", "consistency", "--pairs", str(gen), "--segmenter", str(run)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["labels"]) == {"liver", "spleen"} and 0.0 <= out["mean_dice"] <= 1.0
+
+
+def test_cli_train_group_segmenter(folders, capsys):
+    real, gen, root = folders
+    run = root / "grouprun"
+    args = ["evaluate", "train-segmenter", "--data", str(real), "--run-dir", str(run), "--steps", "1"]
+    assert main([*args, "--roi-size", "16", "16", "16", "--groups", "large-organs"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "consistency", "--pairs", str(gen), "--segmenter", str(run)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["labels"] == {} and set(out["groups"]) <= {"liver", "spleen", "kidneys", "lungs", "vertebrae"}
+    assert 0.0 <= out["group_mean_dice"] <= 1.0

@@ -133,6 +133,12 @@ def register(subparsers) -> None:
     q.add_argument(
         "--labels", type=int, nargs="+", metavar="ID", help="MAISI ids to learn (default: all but body)"
     )
+    q.add_argument(
+        "--groups",
+        choices=("large-organs",),
+        help="learn merged groups instead of ids: large-organs = liver, spleen, kidneys, lungs, vertebrae "
+        "(consistency is then scored per group)",
+    )
     q.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"))
     q.add_argument("--roi-size", type=int, nargs=3, default=(64, 64, 64), metavar=("X", "Y", "Z"))
     q.add_argument("--batch-size", type=int, default=2)
@@ -227,7 +233,14 @@ def _consistency(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=sys.stderr.isatty(),
     )
-    _print({"mean_dice": r["mean_dice"], "labels": {v["name"]: v.get("mean") for v in r["labels"].values()}})
+    _print(
+        {
+            "mean_dice": r["mean_dice"],
+            "group_mean_dice": r["group_mean_dice"],
+            "labels": {v["name"]: v.get("mean") for v in r["labels"].values()},
+            "groups": {k: v.get("mean") for k, v in r["groups"].items()},
+        }
+    )
 
 
 def _qc(args: argparse.Namespace) -> None:
@@ -295,6 +308,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def _train_segmenter(args: argparse.Namespace) -> None:
     from maisi.evaluation.segmenter import train_segmenter
+    from maisi.labels import LARGE_ORGANS
 
     folder = train_segmenter(
         args.data,
@@ -302,6 +316,7 @@ def _train_segmenter(args: argparse.Namespace) -> None:
         steps=args.steps,
         seed=args.seed,
         labels=args.labels,
+        groups={"large-organs": LARGE_ORGANS}[args.groups] if args.groups else None,
         spacing=args.spacing,
         roi_size=args.roi_size,
         batch_size=args.batch_size,

@@ -135,20 +135,30 @@ def evaluate_consistency(
             in each mask, body (200) excluded.
         out: write the result as JSON here.
 
+    A segmenter of merged groups (``segmenter.groups``, see :func:`maisi.evaluation.segmenter.train_segmenter`)
+    is scored on its groups only.
+
     Returns:
         ``{"cases": [{"name", "dice": {id: d}, "groups": {group: d}}], "labels": {id: {name, summary}},
-        "groups": {group: summary}, "mean_dice"}``; ``mean_dice`` is the mean over labels of each label's mean.
+        "groups": {group: summary}, "mean_dice", "group_mean_dice"}``; ``mean_dice`` is the mean over labels of
+        each label's mean (None for a group segmenter), ``group_mean_dice`` the mean over the large-organ groups
+        (liver, spleen, kidneys, lungs, vertebrae) of each group's mean.
     """
     from maisi.data.nifti import load_pair
 
     seg = load_segmenter(segmenter, device=device) if isinstance(segmenter, str | os.PathLike) else segmenter
     known = getattr(seg, "labels", None)
+    seg_groups = getattr(seg, "groups", None)
     wanted = set(label_ids) if label_ids is not None else (set(known) if known is not None else None)
-    groups_known = {
-        name: [i for i in ids if wanted is None or i in wanted]
-        for name, ids in maisi_labels.LARGE_ORGANS.items()
-    }
-    groups_known = {name: ids for name, ids in groups_known.items() if ids}
+    if seg_groups is not None:  # scored per group: its output is each group's first id
+        groups_known = {name: list(ids) for name, ids in seg_groups.items()}
+        wanted = set()
+    else:
+        groups_known = {
+            name: [i for i in ids if wanted is None or i in wanted]
+            for name, ids in maisi_labels.LARGE_ORGANS.items()
+        }
+        groups_known = {name: ids for name, ids in groups_known.items() if ids}
     cases = find_cases(pairs, need_labels=True)
     if progress:
         from tqdm.auto import tqdm
@@ -173,12 +183,17 @@ def evaluate_consistency(
         str(k): {"name": maisi_labels.name_of(k), **summarize(v)} for k, v in sorted(per_label.items())
     }
     means = [s["mean"] for s in label_summary.values() if "mean" in s]
+    group_summary = {k: summarize(v) for k, v in sorted(per_group.items())}
+    large = [
+        group_summary[k]["mean"] for k in maisi_labels.LARGE_ORGANS if "mean" in group_summary.get(k, {})
+    ]
     result = {
         "segmenter": str(segmenter) if isinstance(segmenter, str | os.PathLike) else type(seg).__name__,
         "pairs": str(pairs),
         "mean_dice": float(np.mean(means)) if means else None,
+        "group_mean_dice": float(np.mean(large)) if large else None,
         "labels": label_summary,
-        "groups": {k: summarize(v) for k, v in sorted(per_group.items())},
+        "groups": group_summary,
         "cases": rows,
     }
     if out is not None:

@@ -183,11 +183,16 @@ def _consistency_section(r: dict | None) -> Section:
     if r is None:
         return _missing(s, "maisi evaluate consistency --pairs S --segmenter SEG --out DIR/consistency.json")
     s.text(
-        f"Mean Dice over labels: {cell(r['mean_dice']) if r.get('mean_dice') is not None else '—'} "
+        f"Mean Dice over labels: {cell(r['mean_dice']) if r.get('mean_dice') is not None else '—'}; "
+        "over the large-organ groups: "
+        f"{cell(r['group_mean_dice']) if r.get('group_mean_dice') is not None else '—'} "
         f"(segmenter: {r.get('segmenter')})."
     )
-    rows = [[v["name"], v.get("n"), v.get("mean"), v.get("std"), v.get("min")] for v in r["labels"].values()]
-    s.table(["label", "n", "mean Dice", "std", "min"], rows)
+    if r["labels"]:
+        rows = [
+            [v["name"], v.get("n"), v.get("mean"), v.get("std"), v.get("min")] for v in r["labels"].values()
+        ]
+        s.table(["label", "n", "mean Dice", "std", "min"], rows)
     if r.get("groups"):
         s.table(["group", "n", "mean Dice"], [[k, v.get("n"), v.get("mean")] for k, v in r["groups"].items()])
     if r["labels"]:
@@ -359,6 +364,7 @@ def _summary_section(results: dict[str, Any]) -> Section:
         rows.append([f"FID 2.5D ({results['fid']['extractor']})", results["fid"]["fid_2p5d"]])
     if results.get("consistency"):
         rows.append(["mean Dice (re-segmentation)", results["consistency"].get("mean_dice")])
+        rows.append(["mean Dice, large organs (groups)", results["consistency"].get("group_mean_dice")])
     if results.get("qc"):
         rows.append(["organ HU pass rate", results["qc"].get("pass_rate")])
     if results.get("size") and results["size"].get("anatomy"):

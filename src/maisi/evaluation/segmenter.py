@@ -6,6 +6,8 @@ A segmenter folder holds ``config.json``::
     {"format": "maisi-segmenter",
      "network": {"name": "UNet", "kwargs": {...}},   # a class of monai.networks.nets and its arguments
      "labels": [1, 3, 5, ...],                       # MAISI id of output channel 1, 2, ... (channel 0 = background)
+     "groups": {"kidneys": [5, 14], ...} | null,     # optional: channel k learns the union of group k's ids and
+                                                     # outputs its first id (labels then hold those first ids)
      "spacing": [3.0, 3.0, 3.0] | null,              # voxel size the network expects (null: any)
      "roi_size": [64, 64, 64], "intensity": "ct",    # sliding-window size; input scaling (ct / mri / unit)
      "weights": "model.safetensors"}                 # or a .pt/.pth state dict, read without unpickling code
@@ -56,6 +58,7 @@ class SegmenterSpec:
 
     network: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_NETWORK)))
     labels: tuple[int, ...] = ()
+    groups: dict[str, tuple[int, ...]] | None = None
     spacing: tuple[float, float, float] | None = None
     roi_size: tuple[int, int, int] = (64, 64, 64)
     intensity: str = "ct"
@@ -98,6 +101,11 @@ class Segmenter:
     @property
     def labels(self) -> tuple[int, ...]:
         return self.spec.labels
+
+    @property
+    def groups(self) -> dict[str, tuple[int, ...]] | None:
+        """For a segmenter of merged label groups: group name -> MAISI ids (its output is each group's first id)."""
+        return self.spec.groups
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, device: str = "cpu") -> Segmenter:
@@ -189,6 +197,7 @@ def _resampled_shape(
 def _spec_dict(spec: SegmenterSpec) -> dict[str, Any]:
     d = dataclasses.asdict(spec)
     d["labels"] = [int(i) for i in spec.labels]
+    d["groups"] = None if spec.groups is None else {k: [int(i) for i in v] for k, v in spec.groups.items()}
     d["roi_size"] = [int(i) for i in spec.roi_size]
     d["spacing"] = None if spec.spacing is None else [float(s) for s in spec.spacing]
     return d
@@ -215,10 +224,18 @@ def read_spec(folder: str | os.PathLike) -> SegmenterSpec:
             f"{path}: 'labels' must list the MAISI id of each output channel after background"
         )
     maisi_labels.check_ids(labels, source=str(path))
+    groups = raw.get("groups")
+    if groups is not None:
+        if not isinstance(groups, dict) or [v[0] if v else None for v in groups.values()] != list(labels):
+            raise CheckpointError(f"{path}: 'groups' must map names to id lists whose first ids are 'labels'")
+        groups = {str(k): tuple(int(i) for i in v) for k, v in groups.items()}
+        for ids in groups.values():
+            maisi_labels.check_ids(ids, source=str(path))
     spacing = raw.get("spacing")
     return SegmenterSpec(
         network=dict(raw.get("network", DEFAULT_NETWORK)),
         labels=labels,
+        groups=groups,
         spacing=None if spacing is None else tuple(float(s) for s in spacing),
         roi_size=tuple(int(s) for s in raw.get("roi_size", (64, 64, 64))),
         intensity=str(raw.get("intensity", "ct")),
@@ -276,6 +293,7 @@ def train_segmenter(
     steps: int = 500,
     seed: int = 0,
     labels: Sequence[int] | None = None,
+    groups: dict[str, Sequence[int]] | None = None,
     spacing: Sequence[float] | None = None,
     roi_size: Sequence[int] = (64, 64, 64),
     batch_size: int = 2,
@@ -295,6 +313,9 @@ def train_segmenter(
         steps: optimiser steps.
         seed: the only source of randomness (weights, crops).
         labels: MAISI ids to learn (others become background); default: every id in the data except body (200).
+        groups: learn merged groups instead of single ids (e.g. :data:`maisi.labels.LARGE_ORGANS`: all
+            vertebrae as one class), one output channel each; the segmenter outputs each group's first id and
+            consistency is then scored per group. Not together with ``labels``.
         spacing: resample the data to this voxel size (mm) first; default: the data's (all volumes must agree).
         roi_size: training crop and inference window, each a multiple of the network's downsampling.
         network: ``{"name", "kwargs"}`` of a monai.networks.nets class (default: a small UNet).
@@ -313,19 +334,33 @@ def train_segmenter(
     target_dir = run_dir / "segmenter"
     if (target_dir / CONFIG_NAME).exists() and not overwrite:
         raise CheckpointError(f"{target_dir}: already holds a segmenter; pass overwrite=True to retrain")
+    if groups is not None and labels is not None:
+        raise ConfigError("train_segmenter: pass labels or groups, not both")
+    if groups is not None:
+        groups = {str(k): tuple(int(i) for i in v) for k, v in groups.items()}
+        if not groups or any(not ids for ids in groups.values()):
+            raise ConfigError(f"groups must name non-empty id lists, got {groups}")
+        for ids in groups.values():
+            maisi_labels.check_ids(ids, source="groups")
     pairs, spacing = _load_training_pairs(data, spacing, intensity)
-    if labels is None:
-        labels = sorted({int(i) for _, lab in pairs for i in np.unique(lab)} - {0, maisi_labels.BODY})
-    labels = tuple(int(i) for i in labels)
-    if not labels:
-        raise DataError(f"{data}: no organ labels to learn")
-    maisi_labels.check_ids(labels, source="labels")
     lut = np.zeros(256, dtype=np.int64)
-    lut[list(labels)] = np.arange(1, len(labels) + 1)
+    if groups is not None:
+        labels = tuple(ids[0] for ids in groups.values())
+        for k, ids in enumerate(groups.values()):
+            lut[list(ids)] = k + 1
+    else:
+        if labels is None:
+            labels = sorted({int(i) for _, lab in pairs for i in np.unique(lab)} - {0, maisi_labels.BODY})
+        labels = tuple(int(i) for i in labels)
+        if not labels:
+            raise DataError(f"{data}: no organ labels to learn")
+        maisi_labels.check_ids(labels, source="labels")
+        lut[list(labels)] = np.arange(1, len(labels) + 1)
     targets = [lut[lab.astype(np.int64).clip(0, 255)] for _, lab in pairs]
     spec = SegmenterSpec(
         network=network or json.loads(json.dumps(DEFAULT_NETWORK)),
         labels=labels,
+        groups=groups,
         spacing=spacing,
         roi_size=tuple(int(r) for r in roi_size),
         intensity=intensity,
@@ -371,7 +406,14 @@ def train_segmenter(
     Segmenter(model=model, spec=spec, device=device).save(target_dir, overwrite=overwrite)
     write_json(
         run_dir / "train_log.json",
-        {"steps": steps, "seed": seed, "labels": list(labels), "cases": len(pairs), "log": log},
+        {
+            "steps": steps,
+            "seed": seed,
+            "labels": list(labels),
+            "groups": None if groups is None else {k: list(v) for k, v in groups.items()},
+            "cases": len(pairs),
+            "log": log,
+        },
         overwrite=True,
     )
     return target_dir
