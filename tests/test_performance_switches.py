@@ -296,3 +296,44 @@ def test_accelerate_skips_none_and_duplicates(model_set):
         ]  # and each norm and block channels-last
         assert len(routed) == convs + norms + blocks
     assert not any("forward" in m.__dict__ for m in vae.modules())
+
+
+def test_unet_residual_blocks_fuse_norm_and_silu(model_set, one_thread):
+    """With channels-last on a CPU, every UNet residual block with channels-last input runs its fused forward (group
+    norm + SiLU in one kernel pass: the norm modules are not called). MONAI's attention blocks return NCDHW, so
+    blocks right after one take the plain path."""
+    from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
+
+    from maisi.kernels import group_norm as kgn
+
+    unet = model_set["unet"]
+    blocks = [m for m in unet.modules() if type(m) is DiffusionUNetResnetBlock]
+    seen: dict[int, list] = {id(b): [None, 0] for b in blocks}  # input channels-last, norm1 calls
+    hooks = []
+    for b in blocks:
+        hooks.append(
+            b.register_forward_pre_hook(
+                lambda m, a: seen[id(m)].__setitem__(
+                    0, a[0].is_contiguous(memory_format=torch.channels_last_3d) and not a[0].is_contiguous()
+                )
+            )
+        )
+        hooks.append(b.norm1.register_forward_pre_hook(lambda m, a, b=b: seen[id(b)].__setitem__(1, 1)))
+    try:
+        with accelerate([unet], Speedups(), device="cpu"):
+            assert all("forward" in b.__dict__ for b in blocks)
+            x = torch.randn(1, 4, 16, 16, 16).contiguous(memory_format=torch.channels_last_3d)
+            kw = {
+                "class_labels": torch.ones(1, dtype=torch.long),
+                "spacing_tensor": torch.full((1, 3), 300.0),
+            }
+            with torch.inference_mode():
+                unet(x=x, timesteps=torch.full((1,), 500.0), **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    last = [v for v in seen.values() if v[0]]
+    assert len(last) >= len(blocks) // 2  # the high-resolution half of the UNet stays channels-last
+    if kgn.available():
+        assert all(calls == 0 for _, calls in last)  # fused: norm1 never ran as a module
+    assert not any("forward" in b.__dict__ for b in blocks)

@@ -18,7 +18,7 @@ Each switch leaves the results equal to the plain path within a stated tolerance
     group's mean is large against its spread, so each group norm first subtracts an estimate of its group means
     (:func:`precise_group_norms`), which leaves the result unchanged and the one-pass variance accurate. MONAI's
     MAISI autoencoder blocks copy their outputs back to NCDHW (``convert_to_tensor``); for the block they run an
-    equivalent forward that keeps the layout (:func:`layout_preserving_vae_blocks`).
+    equivalent forward that keeps the layout (:func:`layout_preserving_blocks`).
 ``winograd`` (float rounding, ~1e-5 relative)
     CPU only. 3x3x3 convolutions with at least 32 input and output channels (and at most 256 x 256, so the cached
     transformed kernels stay under 57 MB each) are computed by Winograd F(4x4x4, 3x3x3)
@@ -56,7 +56,7 @@ from torch import nn
 
 from maisi.performance.control import cached_control_embedding
 from maisi.performance.convolutions import onednn_convolutions, winograd_convolutions, winograd_eligible
-from maisi.performance.layout import channels_last, layout_preserving_vae_blocks, precise_group_norms
+from maisi.performance.layout import channels_last, layout_preserving_blocks, precise_group_norms
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -148,7 +148,7 @@ def accelerate(
                 stack.enter_context(cached_control_embedding(m))
             if last:
                 stack.enter_context(channels_last(m))
-                stack.enter_context(layout_preserving_vae_blocks(m))
+                stack.enter_context(layout_preserving_blocks(m))
                 if device.type == "cpu":
                     stack.enter_context(precise_group_norms(m))
             if speedups.onednn and eager_cpu:
@@ -257,7 +257,7 @@ __all__ = [
     "cpu_flags",
     "dtype_warning",
     "fast_dtypes",
-    "layout_preserving_vae_blocks",
+    "layout_preserving_blocks",
     "onednn_convolutions",
     "precise_group_norms",
     "winograd_convolutions",

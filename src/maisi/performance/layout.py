@@ -51,6 +51,10 @@ class _PreciseGroupNorm:
         )
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``silu(norm(x))``, fused in one pass by the compiled kernel for a group norm on channels-last input."""
     if isinstance(norm, nn.GroupNorm) and not x.is_contiguous() and kernel_group_norm.supports(x):
@@ -104,18 +108,47 @@ def _upsample_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block.conv(x)
 
 
-@contextlib.contextmanager
-def layout_preserving_vae_blocks(module: nn.Module) -> Iterator[int]:
-    """For the block, MONAI's MAISI autoencoder residual and upsampling blocks keep the memory layout of their input.
+def _unet_resblock_forward(block: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """``DiffusionUNetResnetBlock.forward`` with each group norm and SiLU fused (same operations otherwise)."""
+    h = _norm_silu(block.norm1, x)
+    if block.upsample is not None or block.downsample is not None:
+        resample = block.upsample if block.upsample is not None else block.downsample
+        last = _is_channels_last(x)
+        x, h = resample(x), resample(h)
+        if last:  # CPU pooling returns NCDHW, and the sum below would take x's layout
+            x, h = (t.contiguous(memory_format=torch.channels_last_3d) for t in (x, h))
+    h = block.conv1(h)
+    temb = block.time_emb_proj(block.nonlinearity(emb))
+    h = h + temb.reshape(*temb.shape, *([1] * (h.dim() - 2)))
+    h = block.conv2(_norm_silu(block.norm2, h))
+    return block.skip_connection(x) + h
 
-    Their ``forward`` ends in MONAI's ``convert_to_tensor``, which copies a channels-last result back to NCDHW, so
-    a channels-last autoencoder would pay two layout copies per block. The replacement runs the same operations
-    without that copy (bit for bit the same values). Other modules pass; yields how many blocks were patched.
+
+@contextlib.contextmanager
+def layout_preserving_blocks(module: nn.Module) -> Iterator[int]:
+    """For the block, MONAI's MAISI autoencoder residual and upsampling blocks keep the memory layout of their
+    input, and the residual blocks (autoencoder and diffusion UNet) fuse each group norm with the SiLU after it.
+
+    The autoencoder blocks' ``forward`` ends in MONAI's ``convert_to_tensor``, which copies a channels-last result
+    back to NCDHW, so a channels-last autoencoder would pay two layout copies per block; the replacements run the
+    same operations without that copy, and on channels-last CPU input a norm and its SiLU in one pass of the
+    compiled kernel (:func:`maisi.kernels.group_norm.group_norm`). Other modules pass; yields how many blocks were
+    patched.
     """
     from monai.apps.generation.maisi.networks.autoencoderkl_maisi import MaisiResBlock, MaisiUpsample
+    from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 
-    forwards = {MaisiResBlock: _resblock_forward, MaisiUpsample: _upsample_forward}
-    blocks = [m for m in module.modules() if type(m) in forwards]
+    forwards = {
+        MaisiResBlock: _resblock_forward,
+        MaisiUpsample: _upsample_forward,
+        DiffusionUNetResnetBlock: _unet_resblock_forward,
+    }
+    blocks = [
+        m
+        for m in module.modules()
+        if type(m) in forwards
+        and (type(m) is not DiffusionUNetResnetBlock or type(m.nonlinearity) is nn.SiLU)
+    ]
     for block in blocks:
         block.forward = forwards[type(block)].__get__(block)
     try:
@@ -125,4 +158,4 @@ def layout_preserving_vae_blocks(module: nn.Module) -> Iterator[int]:
             block.__dict__.pop("forward", None)
 
 
-__all__ = ["channels_last", "layout_preserving_vae_blocks", "precise_group_norms"]
+__all__ = ["channels_last", "layout_preserving_blocks", "precise_group_norms"]
