@@ -34,15 +34,17 @@ def _rel(y, exact):
     [
         (8, 16, (13, 14, 15), 1),  # no axis a multiple of the 4-voxel tile
         (40, 24, (8, 8, 8), 2),
-        (70, 90, (5, 9, 4), 1),  # channels past one 64-channel block
+        (70, 90, (5, 9, 4), 1),  # channels past one 64-channel block; 90 outputs: no fused path
+        (24, 40, (17, 6, 9), 1),  # 40 outputs: the fused micro-kernel's 16- and 8-column parts
     ],
 )
 @pytest.mark.parametrize("last", [True, False])
-def test_winograd_equals_conv3d(c_in, c_out, shape, batch, last):
+@pytest.mark.parametrize("fused", [True, False])
+def test_winograd_equals_conv3d(c_in, c_out, shape, batch, last, fused):
     x, w, b, exact = _case(c_in, c_out, shape, batch=batch)
     if last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    y = winograd.conv3d(x, winograd.transform_weight(w), b)
+    y = winograd.conv3d(x, winograd.transform_weight(w), b, fused=fused)
     assert y.shape == exact.shape and y.dtype == torch.float32
     assert _rel(y, exact) < WINOGRAD_TOL
     assert y.is_contiguous(memory_format=torch.channels_last_3d if last else torch.contiguous_format)
@@ -57,15 +59,16 @@ def test_winograd_without_bias_and_small_chunks():
     assert _rel(y, exact) < WINOGRAD_TOL
 
 
-def test_winograd_threads_give_the_same_result():
-    x, w, b, _ = _case(32, 32, (12, 12, 12))
+@pytest.mark.parametrize("fused", [True, False])
+def test_winograd_threads_give_the_same_result(fused):
+    x, w, b, _ = _case(32, 32, (12, 12, 40))  # 90 tiles: three blocks of the fused path, the last one partial
     u = winograd.transform_weight(w)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = winograd.conv3d(x, u, b)
+        one = winograd.conv3d(x, u, b, fused=fused)
         torch.set_num_threads(3)
-        three = winograd.conv3d(x, u, b)
+        three = winograd.conv3d(x, u, b, fused=fused)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, three)  # tiles are independent: no reduction order changes

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FLAGS = ("-O3", "-march=native", "-std=c99", "-fno-trapping-math", "-fPIC", "-shared")
+FLAGS = ("-O3", "-march=native", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math", "-fPIC", "-shared")
 
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}

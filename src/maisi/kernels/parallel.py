@@ -19,15 +19,20 @@ def _executor(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def split(fn: Callable[[int, int], None], begin: int, end: int, threads: int) -> None:
-    """``fn(b, e)`` over at most ``threads`` contiguous slices of [begin, end); returns when all are done."""
+def split(fn: Callable[..., None], begin: int, end: int, threads: int, *, indexed: bool = False) -> None:
+    """``fn(b, e)`` over at most ``threads`` contiguous slices of [begin, end); returns when all are done.
+
+    With ``indexed``, ``fn(i, b, e)`` also gets the slice's index ``i`` (< ``threads``), e.g. to pick its own
+    scratch memory.
+    """
     n = end - begin
     threads = max(1, min(threads, n))
-    if threads == 1:
-        fn(begin, end)
-        return
     bounds = [begin + (n * i) // threads for i in range(threads + 1)]
-    futures = [_executor(threads).submit(fn, bounds[i], bounds[i + 1]) for i in range(threads)]
+    args = [((i,) if indexed else ()) + (bounds[i], bounds[i + 1]) for i in range(threads)]
+    if threads == 1:
+        fn(*args[0])
+        return
+    futures = [_executor(threads).submit(fn, *a) for a in args]
     for f in futures:
         f.result()
 

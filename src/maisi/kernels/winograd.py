@@ -3,8 +3,9 @@
 A 3x3x3 convolution with stride 1 and padding 1 costs 27 multiply-adds per output voxel and channel pair. Winograd's
 minimal filtering (Lavin & Gray, 2016, eq. 8, taken to three dimensions) computes each 4^3 output tile from its
 6^3 input tile with 216 products per channel pair, 8x fewer. The products are 216 independent GEMMs over the input
-channels, done by ``torch.bmm``; the tile transforms before and after (``winograd3d.c``) are done by a small C
-library compiled on first use (:mod:`maisi.kernels.build`), split over ``torch.get_num_threads()`` threads.
+channels; the tile transforms before and after them, and for few channels the GEMMs too (:func:`conv3d`), are done
+by a small C library compiled on first use (``winograd3d.c``, :mod:`maisi.kernels.build`), split over
+``torch.get_num_threads()`` threads.
 
 Numerics: the interpolation points are 0, 1, -1, 2, -1/2 (and infinity), which keep float32 errors near 5e-6 of the
 output's largest magnitude per convolution (the usual 0, +-1, +-2 give 3e-5; direct convolution 3e-7). Work is
@@ -33,6 +34,10 @@ _G = (
     (0.0, 0.0, 1.0),
 )
 TILE = 4  # output voxels per tile and axis
+FUSED_TILES = 36  # tiles per block of the fused path (BT in winograd3d.c)
+#: the fused path re-reads the transformed kernel (216 C_in C_out floats) for every block of tiles, so it pays up to
+#: 128 x 64 channels (7 MB, cache-resident); past that, the separate path's big GEMMs win (measured, 2 threads)
+FUSED_MAX_CHANNEL_PRODUCT = 128 * 64
 POSITIONS = 216  # 6^3 transform positions
 CHUNK_BYTES = 64 << 20  # transformed input + GEMM output of one chunk of tiles
 
@@ -55,6 +60,8 @@ def _library() -> ctypes.CDLL | None:
         lib.winograd_output.restype = None
         lib.winograd_weight.argtypes = [p, n, n, n, n, p]
         lib.winograd_weight.restype = None
+        lib.winograd_fused.argtypes = [p, i, i, i, i, n, n, n, n, i, i, n, n, p, i, p, p, n, n, n, n, p]
+        lib.winograd_fused.restype = None
         _lib = lib
     return _lib
 
@@ -109,14 +116,25 @@ def release_workspace() -> None:
 
 
 def conv3d(
-    x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None, *, chunk_bytes: int = CHUNK_BYTES
+    x: torch.Tensor,
+    u: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """``F.conv3d(x, w, bias, padding=1)`` by Winograd F(4, 3), with ``u = transform_weight(w)``.
+
+    Two ways to run the same arithmetic: *separate* (every tile's transform into a buffer of up to
+    ``chunk_bytes``, then 216 ``torch.bmm`` GEMMs, then the inverse transforms) and *fused* (blocks of
+    :data:`FUSED_TILES` tiles transformed, multiplied by the C micro-kernel and transformed back while they are in
+    the cache; C_out a multiple of 8).
 
     Args:
         x: (N, C_in, D, H, W) float32 on the CPU, channels-last (fastest) or contiguous.
         u: (216, C_in, C_out) from :func:`transform_weight`.
         bias: (C_out,) or None.
+        fused: force a path; default fused up to :data:`FUSED_MAX_CHANNEL_PRODUCT` channel pairs.
 
     Returns:
         (N, C_out, D, H, W) float32 in the memory format of ``x``.
@@ -142,11 +160,45 @@ def conv3d(
         bias_ptr = None
     nd, nh, nw = (-(-s // TILE) for s in (d, h, w))
     tiles = nd * nh * nw
+    threads = torch.get_num_threads()
+    if fused is None:
+        fused = c_in * c_out <= FUSED_MAX_CHANNEL_PRODUCT
+    if fused and c_out % 8 == 0:
+        per_thread = POSITIONS * FUSED_TILES * (c_in + c_out)
+        work = _workspace(per_thread * threads)
+        xs, ys, up, wp = x.stride(), y.stride(), u.data_ptr(), work.data_ptr()
+        for b in range(n):
+            xp, yp = x[b].data_ptr(), y[b].data_ptr()
+            # each thread takes whole blocks of tiles and its own scratch
+            blocks = -(-tiles // FUSED_TILES)
+
+            def run(i: int, bb: int, be: int, xp=xp, yp=yp) -> None:
+                scratch = wp + 4 * per_thread * i
+                lib.winograd_fused(
+                    xp,
+                    d,
+                    h,
+                    w,
+                    c_in,
+                    *xs[1:],
+                    nh,
+                    nw,
+                    bb * FUSED_TILES,
+                    min(tiles, be * FUSED_TILES),
+                    up,
+                    c_out,
+                    bias_ptr,
+                    yp,
+                    *ys[1:],
+                    scratch,
+                )
+
+            parallel.split(run, 0, blocks, threads, indexed=True)
+        return y
     per_tile = POSITIONS * (c_in + c_out) * 4
     chunk = max(1, min(tiles, chunk_bytes // per_tile))
     work = _workspace(POSITIONS * chunk * (c_in + c_out))
     v_buf, m_buf = work[: POSITIONS * chunk * c_in], work[POSITIONS * chunk * c_in :]
-    threads = torch.get_num_threads()
     xs, ys = x.stride(), y.stride()
     for b in range(n):
         xp, yp = x[b].data_ptr(), y[b].data_ptr()
