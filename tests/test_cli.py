@@ -23,9 +23,10 @@ def test_help_lists_every_command(capsys):
 def test_info_prints_versions_devices_weights(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for section in ("versions:", "devices:", "cpu features:", "weights:"):
+    for section in ("versions:", "devices:", "cpu features:", "native kernels", "weights:"):
         assert section in out
     assert "torch" in out and "monai" in out and "device=cpu" in out
+    assert "winograd3d" in out and "group_norm" in out
 
 
 def test_every_command_has_a_parser():

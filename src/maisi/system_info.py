@@ -1,4 +1,4 @@
-"""What ``maisi info`` reports: versions, devices, CPU features, installed weights."""
+"""What ``maisi info`` reports: versions, devices, CPU features, native kernels, installed weights."""
 
 from __future__ import annotations
 
@@ -52,6 +52,18 @@ def cpu_flags() -> dict[str, bool]:
     except OSError:
         pass
     return {f: f in flags for f in _CPU_FLAGS}
+
+
+def native_kernels() -> dict[str, str]:
+    """Each compiled CPU kernel of :mod:`maisi.kernels`: ``'built'`` (compiling it if needed) or why it is not."""
+    from maisi.kernels import build
+
+    out = {}
+    for name in ("winograd3d", "group_norm"):
+        out[name] = (
+            "built" if build.load(name) is not None else f"unavailable: {build.unavailable_reason(name)}"
+        )
+    return out
 
 
 def devices() -> list[dict[str, Any]]:

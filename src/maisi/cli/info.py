@@ -6,6 +6,7 @@ import argparse
 
 from maisi import system_info
 from maisi.config import preset
+from maisi.kernels import build
 
 
 def register(subparsers) -> None:
@@ -31,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
         print("  " + ", ".join(f"{k}={v}" for k, v in d.items()))
     print("cpu features:")
     print("  " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in system_info.cpu_flags().items()))
+    print(f"native kernels (built into {build.cache_dir()}):")
+    for k, v in system_info.native_kernels().items():
+        print(f"  {k:<16} {v}")
     print("weights:")
     for k, v in system_info.installed_weights().items():
         print(f"  {k:<16} {v}")
