@@ -54,19 +54,27 @@ def test_dice_per_label_and_group():
     assert groups == {"liver": 1.0, "spleen": pytest.approx(2 * 144 / 432)}
 
 
-def write_pairs(folder, n=2, shape=(24, 24, 24)):
-    """Pairs with a liver cube (60 HU) and a spleen cube (120 HU) in air (-1000 HU) inside a body (0 HU)."""
+def _write_cases(folder, n, organs, shape=(24, 24, 24)):
+    """``n`` pairs of a body (0 HU) in air (-1000 HU) holding cubes: ``organs`` is ``[(id, corner(i), size, HU)]``."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         label = cube(shape, corner=(2, 2, 2), size=20, value=200)
-        label[cube(shape, corner=(4 + i, 4, 4), size=8) > 0] = 1
-        label[cube(shape, corner=(13, 13, 12 - i), size=6) > 0] = 3
         image = np.full(shape, -1000.0, np.float32)
-        image[label == 200], image[label == 1], image[label == 3] = 0.0, 60.0, 120.0
+        image[label == 200] = 0.0
+        for organ, corner, size, hu in organs:
+            inside = cube(shape, corner=corner(i), size=size) > 0
+            label[inside], image[inside] = organ, hu
         save_nifti(folder / f"s{i}_image.nii.gz", image, AFFINE)
         save_nifti(folder / f"s{i}_label.nii.gz", label, AFFINE)
         (folder / f"s{i}.json").write_text(json.dumps({"index": i}))
     return folder
+
+
+def write_pairs(folder, n=2):
+    """Pairs with a liver cube (60 HU) and a spleen cube (120 HU)."""
+    return _write_cases(
+        folder, n, [(1, lambda i: (4 + i, 4, 4), 8, 60.0), (3, lambda i: (13, 13, 12 - i), 6, 120.0)]
+    )
 
 
 def test_consistency_with_a_known_segmenter(tmp_path):
@@ -141,19 +149,17 @@ def test_segmenter_config_errors(tmp_path):
         Segmenter.load(tmp_path)
 
 
-def write_kidney_pairs(folder, n=2, shape=(24, 24, 24)):
-    """Pairs with a liver cube (60 HU) and two kidney cubes (right 5, left 14; both 150 HU) in a body."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        label = cube(shape, corner=(2, 2, 2), size=20, value=200)
-        label[cube(shape, corner=(4 + i, 4, 4), size=8) > 0] = 1
-        label[cube(shape, corner=(14, 4, 14), size=5) > 0] = 5
-        label[cube(shape, corner=(14, 14, 14 - i), size=5) > 0] = 14
-        image = np.full(shape, -1000.0, np.float32)
-        image[label == 200], image[label == 1], image[np.isin(label, (5, 14))] = 0.0, 60.0, 150.0
-        save_nifti(folder / f"s{i}_image.nii.gz", image, AFFINE)
-        save_nifti(folder / f"s{i}_label.nii.gz", label, AFFINE)
-    return folder
+def write_kidney_pairs(folder, n=2):
+    """Pairs with a liver cube (60 HU) and two kidney cubes (right 5, left 14; both 150 HU)."""
+    return _write_cases(
+        folder,
+        n,
+        [
+            (1, lambda i: (4 + i, 4, 4), 8, 60.0),
+            (5, lambda i: (14, 4, 14), 5, 150.0),
+            (14, lambda i: (14, 14, 14 - i), 5, 150.0),
+        ],
+    )
 
 
 def test_consistency_of_a_group_segmenter_is_scored_per_group(tmp_path):

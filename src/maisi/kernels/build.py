@@ -88,8 +88,17 @@ def _compile(name: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(lib))
 
 
-def load(name: str) -> ctypes.CDLL | None:
-    """The compiled library of ``maisi/kernels/<name>.c`` (built on first use), or None when it cannot be built."""
+#: the C type of each letter of a signature: p pointer, i int, l long
+_CTYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int, "l": ctypes.c_long}
+
+
+def load(name: str, signatures: dict[str, str] | None = None) -> ctypes.CDLL | None:
+    """The compiled library of ``maisi/kernels/<name>.c`` (built on first use), or None when it cannot be built.
+
+    Args:
+        signatures: function name -> argument types, one letter each (``p`` pointer, ``i`` int, ``l`` long); the
+            functions return nothing. They are declared to ctypes so that calls convert and check arguments.
+    """
     with _lock:
         if name not in _loaded:
             try:
@@ -97,7 +106,12 @@ def load(name: str) -> ctypes.CDLL | None:
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 _loaded[name] = None
                 _reasons[name] = str(err)
-        return _loaded[name]
+        lib = _loaded[name]
+        for fn, args in (signatures or {}).items():
+            if lib is not None:
+                getattr(lib, fn).argtypes = [_CTYPES[a] for a in args]
+                getattr(lib, fn).restype = None
+        return lib
 
 
 def unavailable_reason(name: str) -> str | None:

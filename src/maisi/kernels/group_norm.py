@@ -14,22 +14,12 @@ import torch
 
 from maisi.kernels import build, parallel
 
-_lib: ctypes.CDLL | None = None
+#: the C functions of group_norm.c and their arguments (p pointer, i int, l long)
+_SIGNATURES = {"group_norm_sums": "plllpp", "group_norm_apply": "pplllpppi"}
 
 
 def _library() -> ctypes.CDLL | None:
-    global _lib
-    if _lib is None:
-        lib = build.load("group_norm")
-        if lib is None:
-            return None
-        p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        lib.group_norm_sums.argtypes = [p, n, n, n, p, p]
-        lib.group_norm_sums.restype = None
-        lib.group_norm_apply.argtypes = [p, p, n, n, n, p, p, p, i]
-        lib.group_norm_apply.restype = None
-        _lib = lib
-    return _lib
+    return build.load("group_norm", _SIGNATURES)
 
 
 def available() -> bool:

@@ -41,29 +41,20 @@ FUSED_MAX_CHANNEL_PRODUCT = 128 * 64
 POSITIONS = 216  # 6^3 transform positions
 CHUNK_BYTES = 64 << 20  # transformed input + GEMM output of one chunk of tiles
 
-_lib: ctypes.CDLL | None = None
 #: per-thread scratch for the transformed input and the GEMM output, reused across calls: a fresh 64 MB buffer
 #: per convolution would be mapped and page-faulted again at every call (glibc maps allocations over 32 MB)
 _scratch = threading.local()
+#: the C functions of winograd3d.c and their arguments (p pointer, i int, l long)
+_SIGNATURES = {
+    "winograd_input": "piiiilllliilllpl",
+    "winograd_output": "plillliippiiillll",
+    "winograd_weight": "pllllp",
+    "winograd_fused": "piiiilllliillpippllllp",
+}
 
 
 def _library() -> ctypes.CDLL | None:
-    global _lib
-    if _lib is None:
-        lib = build.load("winograd3d")
-        if lib is None:
-            return None
-        p, i, n = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-        lib.winograd_input.argtypes = [p, i, i, i, i, n, n, n, n, i, i, n, n, n, p, n]
-        lib.winograd_input.restype = None
-        lib.winograd_output.argtypes = [p, n, i, n, n, n, i, i, p, p, i, i, i, n, n, n, n]
-        lib.winograd_output.restype = None
-        lib.winograd_weight.argtypes = [p, n, n, n, n, p]
-        lib.winograd_weight.restype = None
-        lib.winograd_fused.argtypes = [p, i, i, i, i, n, n, n, n, i, i, n, n, p, i, p, p, n, n, n, n, p]
-        lib.winograd_fused.restype = None
-        _lib = lib
-    return _lib
+    return build.load("winograd3d", _SIGNATURES)
 
 
 def available() -> bool:
