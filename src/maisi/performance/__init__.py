@@ -14,16 +14,17 @@ Each switch leaves the results equal to the plain path within a stated tolerance
     Weights and activations in ``torch.channels_last_3d`` (NDHWC). CUDA: what cuDNN's fp16/bf16 tensor-core kernels
     want (off by default there: not yet measured on a GPU). CPU (on by default): oneDNN's and the Winograd
     kernel's layout, so no convolution reorders its input and output (1.1-2x faster convolutions, most with few
-    channels); PyTorch's channels-last GroupNorm computes the variance in one pass and loses precision when a
-    group's mean is large against its spread, so each group norm first subtracts an estimate of its group means
-    (:func:`precise_group_norms`), which leaves the result unchanged and the one-pass variance accurate. MONAI's
-    MAISI autoencoder blocks copy their outputs back to NCDHW (``convert_to_tensor``); for the block they run an
+    channels). PyTorch's channels-last CPU GroupNorm computes the variance in one float pass and loses precision
+    when a group's mean is large against its spread, so group norms run a kernel with float64 statistics
+    (:mod:`maisi.kernels.group_norm`, fused with the SiLU that follows inside residual blocks), or without a C
+    compiler first subtract an estimate of their group means (:func:`precise_group_norms`). MONAI's MAISI
+    autoencoder blocks copy their outputs back to NCDHW (``convert_to_tensor``); for the block they run an
     equivalent forward that keeps the layout (:func:`layout_preserving_blocks`).
 ``winograd`` (float rounding, ~1e-5 relative)
-    CPU only. 3x3x3 convolutions with at least 32 input and output channels (and at most 256 x 256, so the cached
-    transformed kernels stay under 57 MB each) are computed by Winograd F(4x4x4, 3x3x3)
-    (:mod:`maisi.kernels.winograd`): 8x fewer multiplications, 2-4x faster than oneDNN at the MAISI shapes. Needs
-    a C compiler the first time (the kernel is built for the machine); without one the switch does nothing.
+    CPU only. 3x3x3 convolutions with 32 to 256 input and output channels (so each cached transformed kernel stays
+    under 57 MB) on volumes of at least 16^3 are computed by Winograd F(4x4x4, 3x3x3)
+    (:mod:`maisi.kernels.winograd`): 8x fewer multiplications, 1.5-4x faster than oneDNN at the MAISI shapes.
+    Needs a C compiler the first time (the kernel is built for the machine); without one the switch does nothing.
 ``compile`` (float rounding, ~1e-4 relative)
     ``torch.compile`` of the UNet, ControlNet and VAE (``"default"``, ``"reduce-overhead"`` = CUDA graphs for the
     sampling loop, ``"max-autotune"``); on CPU with weight freezing. Compiling takes minutes on a small CPU, so it
