@@ -1,7 +1,7 @@
 """Compile a C source of this package into a shared library on first use, and load it with ctypes.
 
-The library is built for the machine it runs on (``-O3 -march=native``) with the system C compiler (``$CC``, else
-``cc``), into ``$MAISI_HOME/kernels`` (default ``~/.cache/maisi/kernels``) under a name that hashes the source, the
+The library is built for the machine it runs on (``-O3 -march=native``, or without ``-march=native`` where the compiler
+refuses it) with the system C compiler (``$CC``, else ``cc``), into ``$MAISI_HOME/kernels`` (default ``~/.cache/maisi/kernels``) under a name that hashes the source, the
 compiler, the flags and the machine, so an edited source or another CPU gets its own build. The file is written
 atomically (compiled to a temporary name, then renamed), so concurrent processes never load a half-written
 library. Without a compiler the kernel is simply unavailable: :func:`load` returns None and
@@ -72,10 +72,13 @@ def _compile(name: str) -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(prefix=f".{lib.name}.", suffix=".tmp", dir=lib.parent)
         os.close(fd)
         try:
-            run = subprocess.run(
-                [cc, *FLAGS, "-o", tmp, str(src)], capture_output=True, text=True, timeout=300
-            )
-            if run.returncode != 0:
+            for flags in (FLAGS, tuple(f for f in FLAGS if f != "-march=native")):  # some compilers lack it
+                run = subprocess.run(
+                    [cc, *flags, "-o", tmp, str(src)], capture_output=True, text=True, timeout=300
+                )
+                if run.returncode == 0:
+                    break
+            else:
                 raise RuntimeError(f"{cc} failed on {src.name}: {run.stderr.strip()[:500]}")
             os.chmod(tmp, 0o755)
             os.replace(tmp, lib)
@@ -107,10 +110,12 @@ def load(name: str, signatures: dict[str, str] | None = None) -> ctypes.CDLL | N
                 _loaded[name] = None
                 _reasons[name] = str(err)
         lib = _loaded[name]
-        for fn, args in (signatures or {}).items():
-            if lib is not None:
-                getattr(lib, fn).argtypes = [_CTYPES[a] for a in args]
-                getattr(lib, fn).restype = None
+        if lib is not None:
+            for fn, args in (signatures or {}).items():
+                f = getattr(lib, fn)
+                if f.restype is not None:  # not declared yet (ctypes' default result type is int)
+                    f.argtypes = [_CTYPES[a] for a in args]
+                    f.restype = None
         return lib
 
 
