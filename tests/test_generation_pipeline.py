@@ -323,3 +323,18 @@ def test_failed_quality_check_retries_with_a_new_seed_and_mask(run_a, weights, t
         s.condition, run_a[1][0].condition
     )
     assert meta["seeds"]["noise"] != run_a[1][0].metadata["seeds"]["noise"]
+
+
+def test_model_settings_a_maisi_weights_folder_does_not_have_are_an_error(weights, tmp_path):
+    """A maisi folder's networks and scheduler come from its own config.json: a ``model.*`` value that differs from
+    it (here the scheduler's resolution shift) would be silently ignored, so it is refused, naming the key; values
+    equal to the folder's own are accepted (the micro request itself changes many ``model.*`` keys)."""
+    from maisi.errors import RequestError
+
+    cfg = request(weights, tmp_path / "out", num_samples=1, **BASE)
+    cfg.model = dataclasses.replace(
+        cfg.model, scheduler=dataclasses.replace(cfg.model.scheduler, transform_scale=0.5)
+    )
+    with pytest.raises(RequestError, match=r"model\.scheduler\.transform_scale: .*maisi weights folder"):
+        generate(cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

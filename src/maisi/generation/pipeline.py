@@ -103,7 +103,47 @@ def _load_model_set(gen: GenerateConfig, cfg: Config | None, device: torch.devic
     elif gen.mask_source == "auto" and sizes and not gen.mask and not gen.mask_database:
         present = available_components(gen.weights)
         wanted += [c for c in MASK_COMPONENTS if c in present]
-    return load_weights(gen.weights, components=wanted, base=cfg.model if cfg else None, device=str(device))
+    model_set = load_weights(
+        gen.weights, components=wanted, base=cfg.model if cfg else None, device=str(device)
+    )
+    if cfg is not None and model_set.layout == "maisi":
+        ignored = ignored_model_keys(cfg, model_set.config, components=model_set.components)
+        if ignored:
+            raise RequestError(
+                f"{', '.join(ignored)}: {model_set.root} is a maisi weights folder, whose network and scheduler "
+                f"settings come from its own config.json, so model.* settings that differ from it do not apply; "
+                f"drop them (or edit that config.json)"
+            )
+    return model_set
+
+
+def ignored_model_keys(cfg: Config, weights_model: Any, *, components: Sequence[str]) -> list[str]:
+    """``model.*`` keys (dotted) of the loaded ``components`` and their schedulers that ``cfg`` changes from its
+    preset to a value the weights' own config does not have, e.g. ``model.scheduler.transform_scale`` on the
+    command line with a maisi weights folder."""
+    from maisi.config.loading import to_dict
+    from maisi.config.presets import preset
+
+    def flat(d: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}.{k}"))
+        return out
+
+    mine, base = flat(to_dict(cfg.model), "model"), flat(to_dict(preset(cfg.preset).model), "model")
+    theirs = flat(to_dict(weights_model), "model")
+    parts = (
+        set(components)
+        | {"scheduler"}
+        | ({"mask_scheduler", "mask_latent_shape"} if "mask_unet" in components else set())
+    )
+    return sorted(
+        k
+        for k in mine
+        if k.split(".")[1] in parts and mine[k] != base.get(k) and mine[k] != theirs.get(k, mine[k])
+    )
 
 
 def _codec(model_set: Any, gen: GenerateConfig, device: torch.device):
