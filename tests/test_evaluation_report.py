@@ -198,3 +198,23 @@ def test_cli_train_group_segmenter(folders, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["labels"] == {} and set(out["groups"]) <= {"liver", "spleen", "kidneys", "lungs", "vertebrae"}
     assert 0.0 <= out["group_mean_dice"] <= 1.0
+
+
+def test_report_shows_every_size_sweep_beside_it(folders):
+    """``size_<name>.json`` files (one per mask source of a size sweep) each get rows, a per-request table in
+    request order and their own scatter plot."""
+    from maisi.evaluation.size import evaluate_size
+
+    _, gen, root = folders
+    out = root / "eval_sweeps"
+    out.mkdir()
+    evaluate_size(gen, out=out / "size_sweep.json")
+    written = build_report(out, synthetic=gen, compute=False, examples=0)
+    md = written["markdown"].read_text()
+    assert "| sweep | liver | 2 |" in md
+    rows = re.findall(r"^\| sweep \| liver \| (0\.\d+) \| ([\d.]+) \| ([\d.]+) \|$", md, flags=re.M)
+    assert [float(r[0]) for r in rows] == [0.3, 0.7]
+    for requested, realised in ((float(r[1]), float(r[2])) for r in rows):
+        assert realised == pytest.approx(requested / 1.1, rel=1e-3)
+    assert written["size_scatter_sweep.png"].stat().st_size > 200
+    assert "mean Dice" not in md  # no consistency result: no empty summary rows

@@ -241,33 +241,63 @@ def _qc_section(r: dict | None, ref: dict | None) -> Section:
     return s
 
 
-def _size_section(r: dict | None) -> Section:
+def size_sets(out_dir: Path, main: dict | None) -> dict[str, dict | None]:
+    """The size results to report: ``size.json`` (key ``""``) and every ``size_<name>.json`` beside it (key
+    ``name``), e.g. one per mask source of a size sweep."""
+    sets: dict[str, dict | None] = {"": main}
+    for path in sorted(out_dir.glob("size_*.json")):
+        sets[path.stem[len("size_") :]] = _load(path)
+    return sets
+
+
+def _size_section(sets: dict[str, dict | None]) -> Section:
     s = Section("size", "Size control (requested vs realised)")
-    if r is None or not r.get("anatomy"):
+    found = {name: r for name, r in sets.items() if r is not None and r.get("anatomy")}
+    if not found:
         return _missing(
             s,
             "maisi evaluate size --pairs S --out DIR/size.json (needs generation sidecars with organ_sizes)",
         )
     rows = [
-        [k, v["n"], v["abs_relative_error"].get("mean"), v["realised_ml"].get("mean"), v.get("spearman")]
+        [
+            name or "generated",
+            k,
+            v["n"],
+            v["abs_relative_error"].get("mean"),
+            v["realised_ml"].get("mean"),
+            v.get("spearman"),
+        ]
+        for name, r in found.items()
         for k, v in r["anatomy"].items()
     ]
-    s.table(["anatomy", "n", "mean |relative error|", "mean realised mL", "Spearman (request vs size)"], rows)
-    pts = [c for c in r["cases"] if c.get("requested_ml") is not None]
-    if pts:
-        s.image(
-            "size_scatter.png",
-            plots.scatter_png(
-                [c["requested_ml"] for c in pts],
-                [c["realised_ml"] for c in pts],
-                title="Requested vs realised volume",
-                xlabel="requested (mL)",
-                ylabel="realised (mL)",
-                diagonal=True,
-                groups=[c["anatomy"] for c in pts],
-            ),
-            "Each point is one anatomy of one sample; the grey line is y = x.",
-        )
+    s.table(
+        ["set", "anatomy", "n", "mean |relative error|", "mean realised mL", "Spearman (request vs size)"],
+        rows,
+    )
+    per_request = [
+        [name or "generated", c["anatomy"], c.get("requested"), c.get("requested_ml"), c["realised_ml"]]
+        for name, r in found.items()
+        if name
+        for c in sorted(r["cases"], key=lambda c: (c["anatomy"], c.get("requested") or 0.0))
+    ]
+    if per_request:
+        s.table(["set", "anatomy", "requested (relative)", "requested mL", "realised mL"], per_request)
+    for name, r in found.items():
+        pts = [c for c in r["cases"] if c.get("requested_ml") is not None]
+        if pts:
+            s.image(
+                f"size_scatter_{name}.png" if name else "size_scatter.png",
+                plots.scatter_png(
+                    [c["requested_ml"] for c in pts],
+                    [c["realised_ml"] for c in pts],
+                    title=f"Requested vs realised volume{f' ({name})' if name else ''}",
+                    xlabel="requested (mL)",
+                    ylabel="realised (mL)",
+                    diagonal=True,
+                    groups=[c["anatomy"] for c in pts],
+                ),
+                "Each point is one anatomy of one sample; the grey line is y = x.",
+            )
     return s
 
 
@@ -363,8 +393,12 @@ def _summary_section(results: dict[str, Any]) -> Section:
     if results.get("fid"):
         rows.append([f"FID 2.5D ({results['fid']['extractor']})", results["fid"]["fid_2p5d"]])
     if results.get("consistency"):
-        rows.append(["mean Dice (re-segmentation)", results["consistency"].get("mean_dice")])
-        rows.append(["mean Dice, large organs (groups)", results["consistency"].get("group_mean_dice")])
+        for key, name in (
+            ("mean_dice", "mean Dice (re-segmentation)"),
+            ("group_mean_dice", "mean Dice, large organs (groups)"),
+        ):
+            if results["consistency"].get(key) is not None:
+                rows.append([name, results["consistency"][key]])
     if results.get("qc"):
         rows.append(["organ HU pass rate", results["qc"].get("pass_rate")])
     if results.get("size") and results["size"].get("anatomy"):
@@ -431,7 +465,7 @@ def build_report(
         _fid_section(results["fid"]),
         _consistency_section(results["consistency"]),
         _qc_section(results["qc"], results["qc_real"]),
-        _size_section(results["size"]),
+        _size_section(size_sets(out, results["size"])),
         _memorization_section(results["memorization"]),
         _examples_section(real_cases, synth_cases, examples),
     ]
