@@ -306,7 +306,8 @@ def child(args) -> dict:
         "side": args.side,
         "size": args.size,
         "stages": rec,
-        "process_rss_peak": rss_peak(),
+        # each Stage restarts VmHWM, so the whole run's peak is the largest stage peak (or what came after them)
+        "process_rss_peak": max([rss_peak(), *(st.get("rss_peak", 0) for st in rec.values())]),
         "child_seconds": total,
     }
 
