@@ -26,6 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Stage, fmt_bytes, machine, run_child, write_results  # noqa: E402
 
 
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"512"`` -> (512, 512, 512); ``"512x512x768"`` -> (512, 512, 768)."""
+    parts = [int(v) for v in str(text).lower().split("x")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"size must be N or XxYxZ, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _size_name(text: str) -> str | int:
+    x, y, z = parse_size(text)
+    return x if x == y == z else f"{x}x{y}x{z}"
+
+
 def child(args) -> dict:
     import torch
 
@@ -44,15 +59,14 @@ def child(args) -> dict:
         cfg, vae=vae, decode_window=(args.window,) * 3, decode_overlap=args.overlap, device=device
     )
     d = codec.downsample
-    n = args.size // d
-    full_plan = latents_module.tile_plan((n, n, n), codec.decode_window, codec.decode_overlap)
+    shape = parse_size(args.size)
+    n = tuple(s // d for s in shape)
+    full_plan = latents_module.tile_plan(n, codec.decode_window, codec.decode_overlap)
     if args.windows:
         original = latents_module.tile_plan
         latents_module.tile_plan = lambda *a, **k: original(*a, **k)[: args.windows]
-    latent = torch.randn(
-        1, codec.latent_channels, n, n, n, generator=torch.Generator().manual_seed(args.seed)
-    )
-    out = torch.empty(1, cfg.model.vae.out_channels, args.size, args.size, args.size)
+    latent = torch.randn(1, codec.latent_channels, *n, generator=torch.Generator().manual_seed(args.seed))
+    out = torch.empty(1, cfg.model.vae.out_channels, *shape)
     out.zero_()  # resident before the baseline
     rec: dict = {}
     speedups = None if args.plain else Speedups()
@@ -62,8 +76,8 @@ def child(args) -> dict:
     seconds, baseline, peak = measured["seconds"], measured["rss_baseline"], measured["rss_peak"]
     done = min(args.windows or len(full_plan), len(full_plan))
     return {
-        "size": args.size,
-        "latent": n,
+        "size": _size_name(args.size),
+        "latent": n[0] if len(set(n)) == 1 else list(n),
         "windows_decoded": done,
         "windows_in_plan": len(full_plan),
         "seconds": seconds,
@@ -79,7 +93,12 @@ def child(args) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="rflow-ct", help="VAE architecture (official: rflow-ct)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="cubic output sizes")
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["256", "512"],
+        help="output sizes: N (cubic) or XxYxZ, e.g. 512x512x768",
+    )
     p.add_argument(
         "--window", type=int, default=48, help="decode window, latent voxels per axis (official 48)"
     )
@@ -90,8 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plain", action="store_true", help="no speed-ups (maisi.performance.PLAIN)")
     p.add_argument("--name", default="decode_memory", help="results file benchmarks/results/<name>.json")
-    p.add_argument("--_size", dest="size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--_size", dest="size", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for size in args.sizes:
+        parse_size(size)  # a bad size fails here, before any child starts
     if args.size:
         print(json.dumps(child(args)))
         return
@@ -107,15 +128,15 @@ def main(argv: list[str] | None = None) -> None:
         "results": [],
     }
     print(f"{args.preset} VAE, window {args.window}^3 latent, overlap {args.overlap}, device {args.device}")
-    print(f"{'size':>5} {'windows':>9} {'s/window':>9} {'baseline':>10} {'peak':>10} {'working':>10} {'output':>10} "
+    print(f"{'size':>11} {'windows':>9} {'s/window':>9} {'baseline':>10} {'peak':>10} {'working':>10} {'output':>10} "
           f"{'CUDA peak':>10}")  # fmt: skip
     for size in args.sizes:
         r = run_child(__file__, [*passthrough, "--_size", str(size)])
         report["results"].append(r)
         if "error" in r:
-            print(f"{size:>5} failed: {r['error']}")
+            print(f"{size:>11} failed: {r['error']}")
             continue
-        print(f"{size:>5} {r['windows_decoded']:>4}/{r['windows_in_plan']:<4} {r['seconds_per_window']:9.1f} "
+        print(f"{size:>11} {r['windows_decoded']:>4}/{r['windows_in_plan']:<4} {r['seconds_per_window']:9.1f} "
               f"{fmt_bytes(r['baseline_rss']):>10} {fmt_bytes(r['peak_rss']):>10} {fmt_bytes(r['working_rss']):>10} "
               f"{fmt_bytes(r['output_bytes']):>10} {fmt_bytes(r['cuda_peak']):>10}")  # fmt: skip
     ok = [r for r in report["results"] if "error" not in r]
@@ -125,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         if first["cuda_peak"]:
             growth["cuda_peak"] = last["cuda_peak"] / first["cuda_peak"] - 1
         report["growth"] = growth
-        print(f"growth {first['size']}^3 -> {last['size']}^3: "
+        print(f"growth {first['size']} -> {last['size']}: "
               + ", ".join(f"{k} {v * 100:+.1f}%" for k, v in growth.items()))  # fmt: skip
     path = write_results(args.name, report)
     print(f"wrote {path}")
