@@ -259,7 +259,9 @@ def test_a_compiler_without_march_native_still_builds(monkeypatch, tmp_path):
 
     real = shutil.which("cc")
     fake = tmp_path / "cc"
-    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec {real} "$@"\n')
+    fake.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec {real} "$@"\n'
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
     monkeypatch.setenv("MAISI_HOME", str(tmp_path / "home"))

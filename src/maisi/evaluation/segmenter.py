@@ -203,6 +203,14 @@ def _spec_dict(spec: SegmenterSpec) -> dict[str, Any]:
     return d
 
 
+def _as_groups(groups: dict[str, Any], *, source: str) -> dict[str, tuple[int, ...]]:
+    """``{name: ids}`` with string names and int tuples, every id a known MAISI id."""
+    out = {str(k): tuple(int(i) for i in v) for k, v in groups.items()}
+    for ids in out.values():
+        maisi_labels.check_ids(ids, source=source)
+    return out
+
+
 def read_spec(folder: str | os.PathLike) -> SegmenterSpec:
     """Read and check a segmenter folder's ``config.json``."""
     path = Path(folder) / CONFIG_NAME
@@ -228,9 +236,7 @@ def read_spec(folder: str | os.PathLike) -> SegmenterSpec:
     if groups is not None:
         if not isinstance(groups, dict) or [v[0] if v else None for v in groups.values()] != list(labels):
             raise CheckpointError(f"{path}: 'groups' must map names to id lists whose first ids are 'labels'")
-        groups = {str(k): tuple(int(i) for i in v) for k, v in groups.items()}
-        for ids in groups.values():
-            maisi_labels.check_ids(ids, source=str(path))
+        groups = _as_groups(groups, source=str(path))
     spacing = raw.get("spacing")
     return SegmenterSpec(
         network=dict(raw.get("network", DEFAULT_NETWORK)),
@@ -337,11 +343,9 @@ def train_segmenter(
     if groups is not None and labels is not None:
         raise ConfigError("train_segmenter: pass labels or groups, not both")
     if groups is not None:
-        groups = {str(k): tuple(int(i) for i in v) for k, v in groups.items()}
         if not groups or any(not ids for ids in groups.values()):
             raise ConfigError(f"groups must name non-empty id lists, got {groups}")
-        for ids in groups.values():
-            maisi_labels.check_ids(ids, source="groups")
+        groups = _as_groups(groups, source="groups")
     pairs, spacing = _load_training_pairs(data, spacing, intensity)
     lut = np.zeros(256, dtype=np.int64)
     if groups is not None:

@@ -1,10 +1,10 @@
 """Compile a C source of this package into a shared library on first use, and load it with ctypes.
 
-The library is built for the machine it runs on (``-O3 -march=native``, or without ``-march=native`` where the compiler
-refuses it) with the system C compiler (``$CC``, else ``cc``), into ``$MAISI_HOME/kernels`` (default ``~/.cache/maisi/kernels``) under a name that hashes the source, the
-compiler, the flags and the machine, so an edited source or another CPU gets its own build. The file is written
-atomically (compiled to a temporary name, then renamed), so concurrent processes never load a half-written
-library. Without a compiler the kernel is simply unavailable: :func:`load` returns None and
+The library is built for the machine it runs on (``-O3 -march=native``, or without ``-march=native`` where the
+compiler refuses it) with the system C compiler (``$CC``, else ``cc``), into ``$MAISI_HOME/kernels`` (default
+``~/.cache/maisi/kernels``) under a name that hashes the source, the compiler, the flags and the machine, so an
+edited source or another CPU gets its own build. The file is written atomically (compiled to a temporary name,
+then renamed), so concurrent processes never load a half-written library. Without a compiler the kernel is simply unavailable: :func:`load` returns None and
 :func:`unavailable_reason` says why; nothing else in maisi depends on it.
 """
 
