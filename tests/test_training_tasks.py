@@ -237,6 +237,37 @@ def test_latent_patch_crops_latent_and_label_together(data):
     assert task.bucket_key(case) == (4, 4, 4)
 
 
+def test_latent_patch_times_are_shifted_for_the_whole_latent(data):
+    """A crop trains at the noise levels of the size it is generated at: the rectified-flow time shift gets the whole
+    latent's size (8^3), not the crop's (4^3, which would move times towards low noise)."""
+    from maisi.training.datasets import sample_generator
+
+    task = _ready_task(
+        "train.task=diffusion",
+        f"train.data={data['latents']}",
+        f"train.init_from={data['vae_set']}",
+        "train.latent_patch=[4,4,4]",
+        "model.scheduler.kind=rflow",
+        "model.scheduler.use_timestep_transform=true",
+        "model.scheduler.base_img_size_numel=512",
+    )
+    seen = []
+    draw = task.scheduler.sample_times
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["spatial_numel"])
+        return draw(*args, **kwargs)
+
+    task.scheduler.sample_times = spy
+    times = [
+        float(task.make_item(task.train_cases[0], sample_generator(0, 0, 0, i), train=True)["t"]) for i in range(200)
+    ]
+    assert set(seen) == {8 * 8 * 8}
+    # base = whole size: no shift, so times are uniform on [0, 1000): about 10% above 900 (a 4^3 size would give 5%)
+    share = sum(t >= 900 for t in times) / len(times)
+    assert 0.06 < share < 0.15
+
+
 def test_latent_patch_larger_than_latent_is_an_error(data):
     from maisi.errors import DataError
     from maisi.training.datasets import sample_generator

@@ -211,7 +211,8 @@ class TrainConfig:
     #: image tasks (vae, mask-vae): validate and preview on the central crop of this size (None: whole volumes)
     val_patch: IntTriple | None = None
     #: diffusion / controlnet: train on random crops of this size of the cached latents (label maps cropped to
-    #: match), validate on the central crop (None: whole latents)
+    #: match), validate on the central crop (None: whole latents); training times are shifted for the whole
+    #: latent's size (``use_timestep_transform``), as at generation
     latent_patch: IntTriple | None = None
     # vae
     recon_loss: Literal["l1", "l2"] = "l1"
