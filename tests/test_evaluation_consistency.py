@@ -197,6 +197,8 @@ def test_train_segmenter_on_groups(tmp_path):
     assert set(r["groups"]) == {"liver", "kidneys"} and r["labels"] == {}
     with pytest.raises(ConfigError, match="labels or groups"):
         train_segmenter(pairs, tmp_path / "x", steps=1, labels=[1], groups=groups)
+    with pytest.raises(ConfigError, match="id 5 is in two groups, 'kidneys' and 'left'"):
+        train_segmenter(pairs, tmp_path / "x", steps=1, groups={"kidneys": [5, 14], "left": [5]})
     raw = json.loads((folder / "config.json").read_text())
     raw["groups"] = {"kidneys": [14, 5], "liver": [1]}  # first ids must be the output labels, in order
     (folder / "config.json").write_text(json.dumps(raw))

@@ -203,11 +203,19 @@ def _spec_dict(spec: SegmenterSpec) -> dict[str, Any]:
     return d
 
 
-def _as_groups(groups: dict[str, Any], *, source: str) -> dict[str, tuple[int, ...]]:
-    """``{name: ids}`` with string names and int tuples, every id a known MAISI id."""
+def _as_groups(
+    groups: dict[str, Any], *, source: str, error: type[Exception] = ConfigError
+) -> dict[str, tuple[int, ...]]:
+    """``{name: ids}`` with string names and int tuples, every id a known MAISI id in one group only (``error``
+    names an id listed twice)."""
     out = {str(k): tuple(int(i) for i in v) for k, v in groups.items()}
-    for ids in out.values():
+    owner: dict[int, str] = {}
+    for name, ids in out.items():
         maisi_labels.check_ids(ids, source=source)
+        for i in ids:
+            if i in owner:
+                raise error(f"{source}: id {i} is in two groups, {owner[i]!r} and {name!r}")
+            owner[i] = name
     return out
 
 
@@ -236,7 +244,7 @@ def read_spec(folder: str | os.PathLike) -> SegmenterSpec:
     if groups is not None:
         if not isinstance(groups, dict) or [v[0] if v else None for v in groups.values()] != list(labels):
             raise CheckpointError(f"{path}: 'groups' must map names to id lists whose first ids are 'labels'")
-        groups = _as_groups(groups, source=str(path))
+        groups = _as_groups(groups, source=str(path), error=CheckpointError)
     spacing = raw.get("spacing")
     return SegmenterSpec(
         network=dict(raw.get("network", DEFAULT_NETWORK)),
