@@ -260,10 +260,27 @@ def test_a_compiler_without_march_native_still_builds(monkeypatch, tmp_path):
     real = shutil.which("cc")
     fake = tmp_path / "cc"
     fake.write_text(
-        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec {real} "$@"\n'
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = -march=native ] && echo "error: unknown option -march=native" >&2 && exit 1; done\n'
+        f'exec {real} "$@"\n'
     )
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
     monkeypatch.setenv("MAISI_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(build, "_loaded", {})
     assert build.load("group_norm") is not None
+
+
+def test_a_real_compiler_error_is_reported_after_one_try(monkeypatch, tmp_path):
+    """Only a failure about -march=native is retried without it; any other error is reported at once."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "cc"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "group_norm.c:1: error: expected ;" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("MAISI_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(build, "_loaded", {})
+    assert build.load("group_norm") is None
+    assert "expected ;" in build.unavailable_reason("group_norm")
+    compiles = [line for line in calls.read_text().splitlines() if " -o " in line]  # not the version query
+    assert len(compiles) == 1 and "-march=native" in compiles[0]
