@@ -120,3 +120,21 @@ def test_shipped_demo_generates_a_paired_sample(tmp_path):
     # air outside the body and soft tissue inside it, as in the phantoms the model learned from
     assert np.median(image[label == 0]) < -800.0
     assert -300.0 < np.median(image[label == 200]) < 300.0
+
+
+def test_sizes_requested_with_the_demo_set_get_phantom_masks_and_other_sets_their_mask_model(tmp_path):
+    """The demo's mask model does not follow the size vector, so ``auto`` gives phantoms (which honour sizes)
+    with it; any other set with a mask model, here the demo itself copied elsewhere, gets its mask model."""
+    import shutil
+
+    from maisi.config.schema import GenerateConfig
+    from maisi.generation.mask_sources import choose_source_kind
+    from maisi.networks.checkpoint import load_model_set
+
+    sized = GenerateConfig(organ_sizes={"liver": 0.9})
+    demo = load_model_set(DEMO_DIR, components=["mask_vae", "mask_unet"])
+    assert choose_source_kind(sized, model_set=demo) == "phantom"
+    assert choose_source_kind(GenerateConfig(organ_sizes={"liver": 0.9}, mask_source="model"), model_set=demo) == "model"
+    copy = load_model_set(shutil.copytree(DEMO_DIR, tmp_path / "mine"), components=["mask_vae", "mask_unet"])
+    assert choose_source_kind(sized, model_set=copy) == "model"
+    assert choose_source_kind(GenerateConfig(), model_set=copy) == "phantom"

@@ -17,6 +17,7 @@ generation grid. Four sources exist:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -283,16 +284,29 @@ def has_mask_model(model_set: Any) -> bool:
     return model_set is not None and "mask_vae" in model_set and "mask_unet" in model_set
 
 
+def is_demo_set(model_set: Any) -> bool:
+    """Whether ``model_set`` was loaded from the demo model set shipped in the package."""
+    from maisi.generation.weights import DEMO_DIR
+
+    root = getattr(model_set, "root", None)
+    return root is not None and Path(root).resolve() == DEMO_DIR.resolve()
+
+
 def choose_source_kind(gen: GenerateConfig, *, model_set: Any = None) -> str:
     """``file`` when a mask is given, ``database`` when a database is given, ``model`` when organ sizes are
-    requested and the weights include the mask-generation model, else ``phantom``."""
+    requested and the weights include the mask-generation model, else ``phantom``.
+
+    The demo set is the exception: its mask model, trained on 40 maps on a CPU, does not follow the size vector
+    (realised liver volume is unrelated to the request; ``src/maisi/demo/evaluation/``), so organ sizes requested
+    with it get phantom masks, which honour them exactly. ``--mask-source model`` still selects its mask model."""
     if gen.mask_source != "auto":
         return gen.mask_source
     if gen.mask:
         return "file"
     if gen.mask_database:
         return "database"
-    if any(v != -1.0 for v in gen.organ_sizes.values()) and has_mask_model(model_set):
+    sized = any(v != -1.0 for v in gen.organ_sizes.values())
+    if sized and has_mask_model(model_set) and not is_demo_set(model_set):
         return "model"
     return "phantom"
 
