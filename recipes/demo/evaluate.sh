@@ -32,7 +32,9 @@ stamp "size control: five liver sizes, phantom masks and the mask-generation mod
 MODEL_SIZES="$(python - "$WEIGHTS/anatomy_size_conditions.json" <<'PY'
 import json, sys
 import numpy as np
-liver = [c["organ_size"][0] for c in json.load(open(sys.argv[1])) if c["organ_size"][0] >= 0]
+from maisi.labels import SIZE_SLOTS
+i = SIZE_SLOTS.index("liver")
+liver = [c["organ_size"][i] for c in json.load(open(sys.argv[1])) if c["organ_size"][i] >= 0]
 print(" ".join(f"{v:.3f}" for v in np.linspace(min(liver), max(liver), 5)))
 PY
 )"
