@@ -98,6 +98,18 @@ def test_batch_of_two_equals_two_single_runs(run_a, weights, tmp_path):
         assert np.abs(b.image.astype(int) - s.image).max() <= 1
 
 
+def test_controlnet_scale_reaches_the_controlnet(run_a, weights, tmp_path):
+    _, singles = run_a
+    same = generate(request(weights, tmp_path, controlnet_scale=1.0, **BASE), write=False, return_unit=True)
+    assert np.array_equal(same[0].unit, singles[0].unit)  # 1 = as trained = the default
+    diffs = []
+    for scale in (0.5, 2.0):
+        made = generate(request(weights, tmp_path, controlnet_scale=scale, **BASE), write=False, return_unit=True)
+        assert np.array_equal(made[0].label, singles[0].label)
+        diffs.append(float(np.abs(made[0].unit - singles[0].unit).mean()))
+    assert min(diffs) > 1e-4, diffs
+
+
 def test_fixed_initial_noise_reproduces_the_seeded_sample(run_a, weights, tmp_path):
     from maisi.diffusion import randn
     from maisi.generation.seeds import derive_seed, torch_generator
@@ -257,10 +269,13 @@ def test_cli_flags_map_onto_the_config(capsys):
         "totalsegmentator",
         "--steps",
         "3",
+        "--controlnet-scale",
+        "1.5",
         "--dry-run",
     ]
     assert cli.main(argv) == 0
     cfg = json.loads(capsys.readouterr().out)
+    assert cfg["generate"]["controlnet_scale"] == 1.5
     assert cfg["generate"]["organ_sizes"] == {"liver": 0.5, "hepatic tumor": 0.3}
     assert cfg["generate"]["output_size"] == [64, 64, 32] and cfg["generate"]["steps"] == 3
     assert cfg["generate"]["qc"] is False and cfg["data"]["label_set"] == "totalsegmentator"

@@ -53,6 +53,8 @@ BAD_REQUESTS = [
     (dict(modality="xray"), "unknown modality 'xray'"),
     (dict(steps=0), "steps must be >= 1"),
     (dict(guidance=-1.0), "guidance must be >= 0"),
+    (dict(controlnet_scale=0.0), "controlnet_scale must be > 0, got 0.0"),
+    (dict(controlnet_scale=float("nan")), "controlnet_scale must be > 0, got nan"),
 ]
 
 

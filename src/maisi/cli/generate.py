@@ -28,6 +28,7 @@ _FIELDS = {
     "steps": "steps",
     "mask_steps": "mask_steps",
     "guidance": "guidance",
+    "controlnet_scale": "controlnet_scale",
     "modality": "modality",
     "seed": "seed",
     "device": "device",
@@ -75,6 +76,9 @@ def register(subparsers) -> None:
     s.add_argument("--steps", type=int, metavar="K", help="sampling steps (rflow default 30)")
     s.add_argument("--mask-steps", type=int, metavar="K", help="mask-model DDPM steps (default 1000)")
     s.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale (0 = off)")
+    s.add_argument(
+        "--controlnet-scale", type=float, metavar="S", help="ControlNet residual scale (default 1 = as trained)"
+    )
     s.add_argument("--modality", metavar="NAME", help="modality class (default ct)")
     s.add_argument("--seed", type=int, metavar="S")
     s.add_argument("--initial-noise", metavar="FILE", help="fixed initial latent (.pt, .npy or .safetensors)")

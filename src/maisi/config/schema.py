@@ -248,6 +248,9 @@ class GenerateConfig:
     steps: int = 30
     mask_steps: int = 1000
     guidance: float = 0.0
+    #: multiplies the ControlNet's residuals (diffusers' ``controlnet_conditioning_scale``): > 1 holds the image
+    #: closer to the label map, at the cost of exaggerated organ contrast when too large; 1 = as trained (official)
+    controlnet_scale: float = 1.0
     modality: str = "ct"
     seed: int = 0
     device: str = "cpu"

@@ -412,6 +412,7 @@ def _attempt(
             steps=run.gen.steps,
             modality=run.modality,
             guidance=run.gen.guidance,
+            controlnet_scale=run.gen.controlnet_scale,
             requested_regions=run.regions,
             step_generators=gens,
             device=run.device,

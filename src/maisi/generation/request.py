@@ -178,6 +178,8 @@ def validate_request(gen: GenerateConfig, *, check_grid: bool = True) -> Checked
         raise RequestError(f"mask_steps must be >= 1, got {gen.mask_steps}")
     if not (math.isfinite(gen.guidance) and gen.guidance >= 0):
         raise RequestError(f"guidance must be >= 0, got {gen.guidance}")
+    if not (math.isfinite(gen.controlnet_scale) and gen.controlnet_scale > 0):
+        raise RequestError(f"controlnet_scale must be > 0, got {gen.controlnet_scale}")
     if gen.qc_retries < 0:
         raise RequestError(f"qc_retries must be >= 0, got {gen.qc_retries}")
     if gen.dtype not in DTYPES:

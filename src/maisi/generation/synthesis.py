@@ -53,6 +53,7 @@ def build_denoiser(
     guidance: float,
     requested_regions: Sequence[int],
     device: torch.device,
+    controlnet_scale: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ):
     """The ``denoiser(x, t)`` closure of a batch of label maps (all on one grid)."""
@@ -78,6 +79,7 @@ def build_denoiser(
             model_set["unet"],
             controlnet=model_set["controlnet"],
             control=control,
+            conditioning_scale=controlnet_scale,
             guidance_scale=guidance,
             **kwargs,
         )
@@ -101,6 +103,7 @@ def synthesise(
     steps: int,
     modality: int,
     guidance: float = 0.0,
+    controlnet_scale: float = 1.0,
     requested_regions: Sequence[int] = (),
     step_generators: Sequence[torch.Generator] | None = None,
     device: torch.device | str = "cpu",
@@ -135,6 +138,7 @@ def synthesise(
         requested_regions=requested_regions,
         device=device,
         dtype=DTYPES[dtype],
+        controlnet_scale=controlnet_scale,
     )
     with accelerate(sampling_networks(model_set, codec), speedups, device=device):
         with torch.inference_mode():
