@@ -134,7 +134,10 @@ def test_sizes_requested_with_the_demo_set_get_phantom_masks_and_other_sets_thei
     sized = GenerateConfig(organ_sizes={"liver": 0.9})
     demo = load_model_set(DEMO_DIR, components=["mask_vae", "mask_unet"])
     assert choose_source_kind(sized, model_set=demo) == "phantom"
-    assert choose_source_kind(GenerateConfig(organ_sizes={"liver": 0.9}, mask_source="model"), model_set=demo) == "model"
+    assert (
+        choose_source_kind(GenerateConfig(organ_sizes={"liver": 0.9}, mask_source="model"), model_set=demo)
+        == "model"
+    )
     copy = load_model_set(shutil.copytree(DEMO_DIR, tmp_path / "mine"), components=["mask_vae", "mask_unet"])
     assert choose_source_kind(sized, model_set=copy) == "model"
     assert choose_source_kind(GenerateConfig(), model_set=copy) == "phantom"

@@ -104,7 +104,9 @@ def test_controlnet_scale_reaches_the_controlnet(run_a, weights, tmp_path):
     assert np.array_equal(same[0].unit, singles[0].unit)  # 1 = as trained = the default
     diffs = []
     for scale in (0.5, 2.0):
-        made = generate(request(weights, tmp_path, controlnet_scale=scale, **BASE), write=False, return_unit=True)
+        made = generate(
+            request(weights, tmp_path, controlnet_scale=scale, **BASE), write=False, return_unit=True
+        )
         assert np.array_equal(made[0].label, singles[0].label)
         diffs.append(float(np.abs(made[0].unit - singles[0].unit).mean()))
     assert min(diffs) > 1e-4, diffs

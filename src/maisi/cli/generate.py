@@ -77,7 +77,10 @@ def register(subparsers) -> None:
     s.add_argument("--mask-steps", type=int, metavar="K", help="mask-model DDPM steps (default 1000)")
     s.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale (0 = off)")
     s.add_argument(
-        "--controlnet-scale", type=float, metavar="S", help="ControlNet residual scale (default 1 = as trained)"
+        "--controlnet-scale",
+        type=float,
+        metavar="S",
+        help="ControlNet residual scale (default 1 = as trained)",
     )
     s.add_argument("--modality", metavar="NAME", help="modality class (default ct)")
     s.add_argument("--seed", type=int, metavar="S")

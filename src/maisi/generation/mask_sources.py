@@ -17,9 +17,9 @@ generation grid. Four sources exist:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
