@@ -260,7 +260,8 @@ def test_latent_patch_times_are_shifted_for_the_whole_latent(data):
 
     task.scheduler.sample_times = spy
     times = [
-        float(task.make_item(task.train_cases[0], sample_generator(0, 0, 0, i), train=True)["t"]) for i in range(200)
+        float(task.make_item(task.train_cases[0], sample_generator(0, 0, 0, i), train=True)["t"])
+        for i in range(200)
     ]
     assert set(seen) == {8 * 8 * 8}
     # base = whole size: no shift, so times are uniform on [0, 1000): about 10% above 900 (a 4^3 size would give 5%)
@@ -306,3 +307,34 @@ def test_val_patch_validates_on_the_central_crop(data):
         c = task_with().validate_case(whole.models, case, 0)
     assert a == pytest.approx(b, rel=1e-6)
     assert a["val_loss"] != pytest.approx(c["val_loss"], rel=1e-3)
+
+
+def test_vae_freeze_encoder_trains_the_decoder_side_only(data):
+    """``train.freeze_encoder``: the encoder and its posterior heads come out bit-identical to the loaded VAE (so
+    latents encoded before stay valid); ``post_quant_conv`` and the decoder change."""
+    from maisi.training.tasks.vae import ENCODER_PARTS
+
+    result = _train(
+        data,
+        "vae",
+        f"train.data={data['phantoms']}",
+        f"train.init_from={data['vae_set']}",
+        "train.freeze_encoder=true",
+        "train.patch_size=[16,16,16]",
+        "train.adv_weight=0",
+        "train.max_steps=5",
+        f"train.run_dir={data['root'] / 'run_vae_frozen'}",
+    )
+    before = load_model_set(data["vae_set"])["vae"].state_dict()
+    after = load_model_set(result.model_dir)["vae"].state_dict()
+    encoder = [k for k in before if k.split(".")[0] in ENCODER_PARTS]
+    decoder = [k for k in before if k.split(".")[0] in ("post_quant_conv", "decoder")]
+    assert len(encoder) > 10 and len(decoder) > 10 and len(encoder) + len(decoder) == len(before)
+    assert all(torch.equal(after[k], before[k]) for k in encoder)
+    changed = [k for k in decoder if not torch.equal(after[k], before[k])]
+    assert len(changed) == len(decoder), sorted(set(decoder) - set(changed))
+
+
+def test_vae_freeze_encoder_needs_a_vae_to_keep(data):
+    with pytest.raises(ValueError, match="train.freeze_encoder needs a trained VAE"):
+        _ready_task("train.task=vae", f"train.data={data['phantoms']}", "train.freeze_encoder=true")

@@ -221,6 +221,9 @@ class TrainConfig:
     perceptual_weights_path: str | None = None
     adv_weight: float = 0.1
     adv_warmup_steps: int = 100
+    #: vae: train only the decoder side (``post_quant_conv`` + ``decoder``); the encoder and its posterior heads
+    #: stay as loaded, so latents encoded before (and the diffusion networks trained on them) stay valid
+    freeze_encoder: bool = False
     # diffusion / controlnet
     modality_dropout: float = 0.1
     weighted_loss_labels: tuple[int, ...] = (23,)

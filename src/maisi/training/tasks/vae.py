@@ -29,6 +29,8 @@ from maisi.training.tasks.base import (
 
 #: torch hub repository folder of MONAI's MedicalNet perceptual network (looked for under perceptual_weights_path)
 MEDICALNET_REPO = "warvito_MedicalNet-models_main"
+#: the encoder side of MONAI's AutoencoderKL(Maisi), frozen by ``train.freeze_encoder``
+ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
 
 
 class VAETask(Task):
@@ -44,6 +46,14 @@ class VAETask(Task):
         if ms is not None and "vae" in ms:
             vae.load_state_dict(ms["vae"].state_dict())
             self.model_cfg = ms.config
+        if tc.freeze_encoder:
+            if ms is None or "vae" not in ms:
+                raise ValueError(
+                    "train.freeze_encoder needs a trained VAE to keep: set train.init_from (--init-from) to a "
+                    "model set holding a vae"
+                )
+            for name in ENCODER_PARTS:
+                getattr(vae, name).requires_grad_(False)
         self.models["vae"] = vae.to(self.device).train()
         self.adversarial = tc.adv_weight > 0
         if self.adversarial:
