@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from maisi import cli
 from maisi.config import preset
 from maisi.generation.weights import DEMO_DIR
+from maisi.labels import SIZE_SLOTS
 from test_generation_common import build_model_set, micro_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,11 +58,18 @@ def test_recipe_export_merges_the_runs_in_fp16(tmp_path):
     write_phantoms(num=2, output_dir=masks, size=(32, 32, 32), spacing=(6.0, 6.0, 6.0), seed=0)
     out = tmp_path / "demo"
     export = _export_module()
-    assert (
-        export.main(["--image", str(image), "--mask", str(both), "--sizes", str(masks), "--output", str(out)])
-        == 0
-    )
+    args = ["--image", str(image), "--mask", str(both), "--sizes", str(masks), "--output", str(out)]
+    assert export.main([*args, "--size-seeds", "3", "--size-steps", "2"]) == 0
     ms = load_model_set(out)
+    # the mask model's size response, measured on the exported set, is declared in its extra
+    response = ms.components["mask_unet"].extra["size_response"]
+    liver = [
+        v["organ_size"][SIZE_SLOTS.index("liver")]
+        for v in json.loads((out / "anatomy_size_conditions.json").read_text())
+    ]
+    assert response["requested"] == pytest.approx(np.linspace(min(liver), max(liver), 5).tolist(), abs=1e-4)
+    assert response["seeds"] == [3] and response["steps"] == 2 and len(response["realised_ml"][0]) == 5
+    assert response["follows_sizes"] == (response["mean_spearman"] >= 0.8)
     assert sorted(ms.components) == sorted(COMPONENTS)
     for name in COMPONENTS:
         state = load_file(str(out / name / "model.safetensors"))
@@ -72,10 +81,7 @@ def test_recipe_export_merges_the_runs_in_fp16(tmp_path):
     vectors = json.loads((out / "anatomy_size_conditions.json").read_text())
     assert len(vectors) == 2 and all(len(v["organ_size"]) == 10 for v in vectors)
     # an existing model set is not replaced without --overwrite
-    assert (
-        export.main(["--image", str(image), "--mask", str(both), "--sizes", str(masks), "--output", str(out)])
-        == 1
-    )
+    assert export.main(args) == 1
     assert sorted(ms.components) == sorted(load_model_set(out).components)
 
 
@@ -123,21 +129,55 @@ def test_shipped_demo_generates_a_paired_sample(tmp_path):
 
 
 def test_sizes_requested_with_the_demo_set_get_phantom_masks_and_other_sets_their_mask_model(tmp_path):
-    """The demo's mask model does not follow the size vector, so ``auto`` gives phantoms (which honour sizes)
-    with it; any other set with a mask model, here the demo itself copied elsewhere, gets its mask model."""
+    """The demo's mask model does not follow the size vector, and its weights say so (``size_response``, measured
+    by the recipe's export): ``auto`` gives phantom masks (which honour sizes) with it. A set whose mask model
+    declares nothing (official weights) or declares that it follows sizes gets its mask model."""
     import shutil
 
     from maisi.config.schema import GenerateConfig
     from maisi.generation.mask_sources import choose_source_kind
+    from maisi.io import write_json
     from maisi.networks.checkpoint import load_model_set
 
     sized = GenerateConfig(organ_sizes={"liver": 0.9})
     demo = load_model_set(DEMO_DIR, components=["mask_vae", "mask_unet"])
+    response = demo.components["mask_unet"].extra["size_response"]
+    assert response["anatomy"] == "liver" and response["follows_sizes"] is False
+    assert response["mean_spearman"] < 0.8 and len(response["realised_ml"]) == len(response["seeds"]) >= 2
     assert choose_source_kind(sized, model_set=demo) == "phantom"
     assert (
         choose_source_kind(GenerateConfig(organ_sizes={"liver": 0.9}, mask_source="model"), model_set=demo)
         == "model"
     )
-    copy = load_model_set(shutil.copytree(DEMO_DIR, tmp_path / "mine"), components=["mask_vae", "mask_unet"])
-    assert choose_source_kind(sized, model_set=copy) == "model"
-    assert choose_source_kind(GenerateConfig(), model_set=copy) == "phantom"
+    mine = shutil.copytree(DEMO_DIR, tmp_path / "mine")
+    meta_path = mine / "mask_unet" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    assert (
+        choose_source_kind(sized, model_set=load_model_set(mine, components=["mask_vae", "mask_unet"]))
+        == "phantom"
+    )
+    for declared in (None, True):
+        if declared is None:
+            meta["extra"].pop("size_response")
+        else:
+            meta["extra"]["size_response"] = {**response, "follows_sizes": True}
+        write_json(meta_path, meta, overwrite=True)
+        copy = load_model_set(mine, components=["mask_vae", "mask_unet"])
+        assert choose_source_kind(sized, model_set=copy) == "model"
+        assert choose_source_kind(GenerateConfig(), model_set=copy) == "phantom"
+
+
+def test_recipe_overlays_load_over_the_demo_preset():
+    """Every overlay of the recipe resolves over the ``demo`` preset (an unknown or mistyped key is an error), and
+    each holds only keys it changes."""
+    from maisi.config import load_config
+    from maisi.config.loading import to_dict
+
+    base = to_dict(preset("demo"))
+    overlays = sorted((ROOT / "recipes" / "demo").glob("*.json"))
+    assert len(overlays) >= 8
+    for path in overlays:
+        cfg = to_dict(load_config(preset="demo", files=[path]))
+        for section, keys in json.loads(path.read_text()).items():
+            for key in keys:
+                assert cfg[section][key] != base[section][key], f"{path.name}: {section}.{key} is the preset's value"

@@ -6,7 +6,10 @@
 ``--image`` holds vae, unet and controlnet; ``--mask`` holds mask_vae and mask_unet. ``--sizes`` is the folder of
 label maps the mask model was trained on: their organ/tumour size vectors are written as
 ``anatomy_size_conditions.json`` (the official format), from which generation completes the size slots a user
-leaves open. An existing output folder is replaced only with ``--overwrite``.
+leaves open. The mask model's size response is then measured on the exported set (realised liver volume over five
+requested sizes, noise fixed per seed; ``maisi.evaluation.size.mask_model_size_response``) and recorded in the
+``mask_unet`` component's extra as ``size_response``: generation under ``--mask-source auto`` uses a mask model for
+organ-size requests only when it follows them. An existing output folder is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,33 @@ IMAGE = ("vae", "unet", "controlnet")
 MASK = ("mask_vae", "mask_unet")
 
 
-def export(image: Path, mask: Path, sizes: Path, output: Path, *, overwrite: bool = False) -> Path:
+def record_size_response(folder: Path, *, seeds: tuple[int, ...], steps: int, device: str) -> dict:
+    """Measure the mask model of the model set in ``folder`` and write the result into its ``mask_unet`` extra."""
+    import json
+
+    from maisi.evaluation.size import mask_model_size_response
+
+    response = mask_model_size_response(
+        load_model_set(folder, components=list(MASK)), seeds=seeds, steps=steps, device=device
+    )
+    path = folder / "mask_unet" / "config.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta.setdefault("extra", {})["size_response"] = response
+    write_json(path, meta, overwrite=True)
+    return response
+
+
+def export(
+    image: Path,
+    mask: Path,
+    sizes: Path,
+    output: Path,
+    *,
+    overwrite: bool = False,
+    size_seeds: tuple[int, ...] = (0, 1),
+    size_steps: int = 100,
+    device: str = "cpu",
+) -> Path:
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise MaisiError(f"{output}: exists and is not empty; pass --overwrite to replace it")
     img = load_model_set(image, components=list(IMAGE))
@@ -55,6 +84,12 @@ def export(image: Path, mask: Path, sizes: Path, output: Path, *, overwrite: boo
     try:
         save_model_set(tmp, merged, dtype=torch.float16)
         write_json(tmp / "anatomy_size_conditions.json", vectors)
+        response = record_size_response(tmp, seeds=size_seeds, steps=size_steps, device=device)
+        print(
+            f"mask model size response ({response['anatomy']}, {response['steps']} DDPM steps): requested "
+            f"{response['requested']}, realised mL {response['realised_ml']}, Spearman {response['spearman']} "
+            f"-> follows sizes: {response['follows_sizes']}"
+        )
         if output.exists():
             shutil.rmtree(output)
         tmp.rename(output)
@@ -71,9 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=Path, required=True, help="label maps of the mask model's training data")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--size-seeds", type=int, nargs="+", default=[0, 1], help="noise seeds of the size check")
+    p.add_argument("--size-steps", type=int, default=100, help="DDPM steps of the size check")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     try:
-        out = export(args.image, args.mask, args.sizes, args.output, overwrite=args.overwrite)
+        out = export(
+            args.image,
+            args.mask,
+            args.sizes,
+            args.output,
+            overwrite=args.overwrite,
+            size_seeds=tuple(args.size_seeds),
+            size_steps=args.size_steps,
+            device=args.device,
+        )
     except MaisiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

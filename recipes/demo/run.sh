@@ -5,9 +5,9 @@
 #   bash recipes/demo/run.sh WORK_DIR [DEVICE]
 #
 # Every stage resumes or is skipped when re-run (training runs resume from their checkpoints, encoding skips
-# finished files). Configs: the `demo` preset plus the overlays beside this script. About 2 h 45 min on a 2-core CPU:
-# about 2 h for the stages up to the crop-trained ControlNet, then ~14 min for the UNet and ~30 min for the ControlNet
-# on whole latents (0.5 and ~0.2 steps/s measured; see recipes/demo/README.md).
+# finished files). Configs: the `demo` preset plus the overlays beside this script. About 3 h 10 min on a 2-core CPU:
+# about 2 h for the VAE and the crop-trained stages, then ~14 min for the UNet and ~55 min for the ControlNet on
+# whole latents (0.5 and ~0.18 steps/s measured; see recipes/demo/README.md).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 W="${1:?usage: run.sh WORK_DIR [DEVICE]}"
@@ -62,7 +62,7 @@ T controlnet --config "$HERE/controlnet_whole.json" --data "$W/latents" --init-f
 stamp "waiting for the mask branch (log: $W/mask_branch.log)"
 wait "$MASK_BRANCH" || { echo "the mask branch failed: see $W/mask_branch.log" >&2; exit 1; }
 stamp "export to $OUT"
-python "$HERE/export.py" --image "$W/controlnet_whole/model" --mask "$W/mask_diffusion/model" --sizes "$W/masks64" --output "$OUT"
+python "$HERE/export.py" --image "$W/controlnet_whole/model" --mask "$W/mask_diffusion/model" --sizes "$W/masks64" --output "$OUT" --device "$DEV"
 stamp "evaluation"
 bash "$HERE/evaluate.sh" "$W" "$DEV" "$OUT"
 stamp "done"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -284,21 +283,22 @@ def has_mask_model(model_set: Any) -> bool:
     return model_set is not None and "mask_vae" in model_set and "mask_unet" in model_set
 
 
-def is_demo_set(model_set: Any) -> bool:
-    """Whether ``model_set`` was loaded from the demo model set shipped in the package."""
-    from maisi.generation.weights import DEMO_DIR
-
-    root = getattr(model_set, "root", None)
-    return root is not None and Path(root).resolve() == DEMO_DIR.resolve()
+def mask_model_follows_sizes(model_set: Any) -> bool:
+    """Whether the mask model of ``model_set`` follows the size vector, as its weights declare: the ``mask_unet``
+    component's ``size_response`` extra (written by :func:`maisi.evaluation.size.mask_model_size_response`, e.g.
+    by the demo recipe's export). Weights that declare nothing (the official ones) are taken to follow it."""
+    comp = model_set.components.get("mask_unet") if has_mask_model(model_set) else None
+    response = (comp.extra or {}).get("size_response") if comp is not None else None
+    return not isinstance(response, dict) or bool(response.get("follows_sizes", True))
 
 
 def choose_source_kind(gen: GenerateConfig, *, model_set: Any = None) -> str:
     """``file`` when a mask is given, ``database`` when a database is given, ``model`` when organ sizes are
-    requested and the weights include the mask-generation model, else ``phantom``.
+    requested and the weights include a mask-generation model that follows them, else ``phantom``.
 
-    The demo set is the exception: its mask model, trained on 40 maps on a CPU, does not follow the size vector
-    (realised liver volume is unrelated to the request; ``src/maisi/demo/evaluation/``), so organ sizes requested
-    with it get phantom masks, which honour them exactly. ``--mask-source model`` still selects its mask model."""
+    A mask model whose weights declare that it does not follow the size vector (the demo set's, trained on 40 maps
+    on a CPU: ``mask_unet`` extra ``size_response``) gives way to phantom masks, which honour sizes exactly.
+    ``--mask-source model`` still selects it."""
     if gen.mask_source != "auto":
         return gen.mask_source
     if gen.mask:
@@ -306,7 +306,7 @@ def choose_source_kind(gen: GenerateConfig, *, model_set: Any = None) -> str:
     if gen.mask_database:
         return "database"
     sized = any(v != -1.0 for v in gen.organ_sizes.values())
-    if sized and has_mask_model(model_set) and not is_demo_set(model_set):
+    if sized and has_mask_model(model_set) and mask_model_follows_sizes(model_set):
         return "model"
     return "phantom"
 
