@@ -29,15 +29,10 @@ stamp "size control: five liver sizes, phantom masks and the mask-generation mod
 # A relative size means a place in the phantom population's liver range for phantom masks, and a value of the size
 # vector the mask model was trained on for the model: its five requests span the liver values of the training maps
 # (anatomy_size_conditions.json), since a model cannot be asked for sizes it never saw.
-MODEL_SIZES="$(python - "$WEIGHTS/anatomy_size_conditions.json" <<'PY'
-import json, sys
-import numpy as np
-from maisi.labels import SIZE_SLOTS
-i = SIZE_SLOTS.index("liver")
-liver = [c["organ_size"][i] for c in json.load(open(sys.argv[1])) if c["organ_size"][i] >= 0]
-print(" ".join(f"{v:.3f}" for v in np.linspace(min(liver), max(liver), 5)))
-PY
-)"
+MODEL_SIZES="$(python -c '
+import sys
+from maisi.evaluation.size import slot_range_requests
+print(" ".join(f"{v:.3f}" for v in slot_range_requests(sys.argv[1], "liver")))' "$WEIGHTS")"
 for src in phantom model; do
   extra=""; sizes="0.3 0.5 0.7 0.9 1.0"
   if [ "$src" = model ]; then extra="--mask-steps 100"; sizes="$MODEL_SIZES"; fi  # 100 DDPM steps: 1000 take minutes per sample on a CPU

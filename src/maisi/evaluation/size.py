@@ -99,6 +99,20 @@ def evaluate_size(
 FOLLOWS_SIZES_SPEARMAN = 0.8
 
 
+def slot_range_requests(weights: str | os.PathLike | None, anatomy: str = "liver", n: int = 5) -> list[float]:
+    """``n`` relative sizes evenly spaced over the values of ``anatomy``'s size slot in the size-condition database
+    beside ``weights`` (a mask model cannot be asked for sizes it never saw); 0.3-0.9 without one."""
+    from maisi.generation.mask_model import find_size_conditions, load_size_conditions
+
+    if anatomy not in maisi_labels.SIZE_SLOTS:
+        raise ValueError(f"anatomy {anatomy!r} has no size slot; expected one of {maisi_labels.SIZE_SLOTS}")
+    path = find_size_conditions(weights)
+    seen = load_size_conditions(path)[:, maisi_labels.SIZE_SLOTS.index(anatomy)] if path else np.zeros(0)
+    seen = seen[seen >= 0]
+    lo, hi = (float(seen.min()), float(seen.max())) if len(seen) and seen.max() > seen.min() else (0.3, 0.9)
+    return [round(float(v), 4) for v in np.linspace(lo, hi, n)]
+
+
 def mask_model_size_response(
     model_set: Any,
     *,
@@ -115,28 +129,17 @@ def mask_model_size_response(
     varies along a row. Maps are measured on the model's native grid.
 
     Args:
-        sizes: requested values of the anatomy's slot; default five evenly spaced over the range of that slot in
-            the size-condition database beside the weights (a model cannot be asked for sizes it never saw), else
-            0.3-0.9.
+        sizes: requested values of the anatomy's slot; default :func:`slot_range_requests` of the weights.
 
     Returns:
         ``{"anatomy", "requested", "realised_ml": [per seed: [per size]], "spearman": [per seed], "mean_spearman",
         "follows_sizes", "threshold", "steps", "seeds"}``; ``follows_sizes`` is ``mean_spearman >=``
         :data:`FOLLOWS_SIZES_SPEARMAN` (a seed whose volumes do not vary counts as 0).
     """
-    from maisi.generation.mask_model import ModelMaskSource, find_size_conditions, load_size_conditions
+    from maisi.generation.mask_model import ModelMaskSource
 
-    slot = maisi_labels.SIZE_SLOTS.index(anatomy) if anatomy in maisi_labels.SIZE_SLOTS else None
-    if slot is None:
-        raise ValueError(f"anatomy {anatomy!r} has no size slot; expected one of {maisi_labels.SIZE_SLOTS}")
     if sizes is None:
-        path = find_size_conditions(getattr(model_set, "root", None))
-        seen = load_size_conditions(path)[:, slot] if path else np.zeros(0)
-        seen = seen[seen >= 0]
-        lo, hi = (
-            (float(seen.min()), float(seen.max())) if len(seen) and seen.max() > seen.min() else (0.3, 0.9)
-        )
-        sizes = [round(float(v), 4) for v in np.linspace(lo, hi, 5)]
+        sizes = slot_range_requests(getattr(model_set, "root", None), anatomy)
     label_id = maisi_labels.id_of(anatomy)
     realised, rhos = [], []
     for seed in seeds:
