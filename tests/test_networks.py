@@ -105,6 +105,50 @@ def test_fused_vae_equals_monai_reference():
     assert (a - b).abs().max().item() <= 1e-5
 
 
+def test_fused_control_embedding_equals_monai_reference():
+    """The conditioning embedding with nn.SiLU and channels-last oneDNN convolutions computes MONAI's ControlNet:
+    same state dict, outputs and parameter gradients within float rounding."""
+    from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
+    from monai.networks.blocks.activation import Swish
+
+    from maisi.generation.conditioning import binarize_labels
+    from maisi.networks.builders import ChannelsLastConv3d, build_controlnet
+
+    cfg = preset("tiny").model.controlnet
+    kw = dataclasses.asdict(cfg)
+    kw["use_flash_attention"] = False
+    torch.manual_seed(0)
+    ref = ControlNetMaisi(**kw)
+    ours = build_controlnet(cfg)
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    with torch.no_grad():  # MONAI zero-inits the embedding's last convolution and the output blocks
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ours.load_state_dict(ref.state_dict())
+    emb = ours.controlnet_cond_embedding
+    assert sum(type(m) is ChannelsLastConv3d for m in emb.modules()) == 6  # conv_in, 4 blocks, conv_out
+    assert not any(isinstance(m, Swish) for m in emb.modules())
+    assert sum(type(m) is torch.nn.SiLU for m in emb.modules()) == 5
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 8, 8, 8, generator=g)
+    cond = binarize_labels(torch.randint(0, 133, (1, 1, 32, 32, 32), generator=g).float())
+    kwargs = dict(timesteps=torch.tensor([10.0]), controlnet_cond=cond, class_labels=torch.tensor([1]))
+    outs = []
+    for net in (ref, ours):
+        down, mid = net(x=x, **kwargs)
+        (sum(d.square().mean() for d in down) + mid.square().mean()).backward()
+        outs.append(
+            ([d.detach() for d in down] + [mid.detach()], {k: p.grad for k, p in net.named_parameters()})
+        )
+    (a, ga), (b, gb) = outs
+    assert max((u - v).abs().max().item() for u, v in zip(a, b)) <= 1e-5
+    assert max(u.abs().max().item() for u in a) > 1e-2  # the embedding reaches the outputs
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert ga["controlnet_cond_embedding.conv_in.conv.weight"].abs().max() > 0
+
+
 def test_fused_attention_equals_plain():
     torch.manual_seed(0)
     m = preset("tiny").model

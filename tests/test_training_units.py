@@ -24,7 +24,7 @@ from maisi.training.conditioning import (
 from maisi.training.datasets import BatchPlan, Case, rank_slots, sample_generator, split_cases
 from maisi.training.ema import EMA
 from maisi.training.logging import orthogonal_slices
-from maisi.training.optim import enable_grad_checkpointing, lr_factor
+from maisi.training.optim import enable_grad_checkpointing, lr_factor, set_grad_checkpointing
 from maisi.training.tasks.base import estimate_scale_factor, kl_divergence, random_patch
 from maisi.training.tasks.mask_diffusion import center_fit
 from maisi.training.tasks.mask_vae import segmentation_loss
@@ -204,6 +204,24 @@ def test_grad_checkpointing_keeps_results(tiny_config):
     unet(x=x, **kwargs).square().mean().backward()
     for a, p in zip(ref, unet.parameters()):
         torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-7)
+
+
+def test_set_grad_checkpointing_switches_monai_flags(tiny_config):
+    """train.grad_checkpointing: False turns the ControlNet's own embedding checkpointing off, True on; the tiny
+    (and demo) presets train without it."""
+    import dataclasses
+
+    from maisi.networks import build
+
+    cfg = dataclasses.replace(tiny_config.model.controlnet, use_checkpointing=True)
+    net = build("controlnet", dataclasses.replace(tiny_config.model, controlnet=cfg))
+    assert net.use_checkpointing is True
+    assert set_grad_checkpointing(net, False).use_checkpointing is False
+    assert set_grad_checkpointing(net, True).use_checkpointing is True
+    assert tiny_config.train.grad_checkpointing is False
+    from maisi.config import preset
+
+    assert preset("rflow-ct").train.grad_checkpointing is None  # the official networks keep their own switches
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints

@@ -5,9 +5,8 @@
 #   bash recipes/demo/run.sh WORK_DIR [DEVICE]
 #
 # Every stage resumes or is skipped when re-run (training runs resume from their checkpoints, encoding skips
-# finished files). Configs: the `demo` preset plus the overlays beside this script. About 3 h 10 min on a 2-core CPU:
-# about 2 h for the VAE and the crop-trained stages, then ~14 min for the UNet and ~55 min for the ControlNet on
-# whole latents (0.5 and 0.16-0.2 steps/s measured; see recipes/demo/README.md).
+# finished files). Configs: the `demo` preset plus the overlays beside this script. About 2 h 10 min on a 2-core CPU
+# (estimated from the measured rate of every training stage, recipes/demo/README.md; not timed end to end).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 W="${1:?usage: run.sh WORK_DIR [DEVICE]}"

@@ -200,7 +200,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     amp: Literal["none", "bf16", "fp16"] = "none"
-    grad_checkpointing: bool = False
+    #: recompute activations in the backward pass instead of storing them: None keeps each network's own switch
+    #: (the official ControlNet checkpoints its conditioning embedding), True checkpoints every trained network
+    #: (VAE and ControlNet switches on, UNet blocks wrapped), False turns the networks' own switches off
+    grad_checkpointing: bool | None = None
     grad_accum: int = 1
     ckpt_every: int = 500
     keep_last: int = 3

@@ -54,9 +54,9 @@ from maisi.training.logging import RunLogger
 from maisi.training.optim import (
     autocast,
     autocast_dtype,
-    enable_grad_checkpointing,
     lr_factor,
     make_optimizer,
+    set_grad_checkpointing,
     set_lr,
 )
 from maisi.training.tasks import Task, make_task
@@ -65,7 +65,18 @@ CONFIG_NAME = "config.json"
 FINAL_NAME = "final.txt"
 MODEL_DIR = "model"
 #: train.* keys that may change between an interrupted run and its resumption
-RESUMABLE_KEYS = ("max_steps", "ckpt_every", "keep_last", "val_every", "log_every", "num_workers", "run_dir")
+#: train keys a resumed run may change: they do not change what is learned (activation checkpointing recomputes
+#: the same values)
+RESUMABLE_KEYS = (
+    "max_steps",
+    "ckpt_every",
+    "keep_last",
+    "val_every",
+    "log_every",
+    "num_workers",
+    "run_dir",
+    "grad_checkpointing",
+)
 
 
 class TrainingDiverged(MaisiError):
@@ -161,9 +172,9 @@ class Trainer:
         models = self.task.models
         self.groups = self.task.groups()
         self.trained = list(dict.fromkeys(g.module for g in self.groups))
-        if self.tc.grad_checkpointing:
+        if self.tc.grad_checkpointing is not None:
             for name in self.trained:
-                enable_grad_checkpointing(models[name])
+                set_grad_checkpointing(models[name], self.tc.grad_checkpointing)
         self.optimizers = {
             g.name: make_optimizer(models[g.module].parameters(), self.tc) for g in self.groups
         }

@@ -67,6 +67,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
+def set_grad_checkpointing(model: nn.Module, enabled: bool) -> nn.Module:
+    """:func:`enable_grad_checkpointing`, or with ``enabled=False`` turn MONAI's own switches off (the official
+    ControlNet checkpoints its conditioning embedding, which costs a second forward of it per step)."""
+    if enabled:
+        return enable_grad_checkpointing(model)
+    for flag in ("use_checkpoint", "use_checkpointing"):
+        if hasattr(model, flag):
+            setattr(model, flag, False)
+    return model
+
+
 def enable_grad_checkpointing(model: nn.Module) -> nn.Module:
     """Recompute activations in the backward pass instead of storing them (same results, less memory).
 
