@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from maisi.config.schema import ControlNetConfig, DiscriminatorConfig, ModelConfig, UNetConfig, VAEConfig
+from maisi.performance.convolutions import onednn_eligible
 
 #: Component names, in the order of a model set; each maps to its config field in :class:`ModelConfig`.
 COMPONENTS: tuple[str, ...] = ("vae", "unet", "controlnet", "mask_vae", "mask_unet", "discriminator")
@@ -172,15 +173,7 @@ class ChannelsLastConv3d(nn.Conv3d):
     through the plain one. The parameters are ordinary NCDHW tensors, so state dicts do not change."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available()
-        ):
+        if onednn_eligible(self, x):
             x = x.contiguous(memory_format=torch.channels_last_3d)
             return torch.ops.aten.mkldnn_convolution(
                 x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups

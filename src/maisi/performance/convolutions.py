@@ -15,6 +15,21 @@ def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.aten, "mkldnn_convolution")
 
 
+def onednn_eligible(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether ``torch.ops.aten.mkldnn_convolution`` computes ``conv(x)``: CPU float32 input and weight, numeric
+    zero padding, outside autocast (gradients flow through it as through ``nn.Conv3d``)."""
+    return (
+        _onednn_available()
+        and x.device.type == "cpu"
+        and x.dim() == 5
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 class _OneDNNConv:
     """Forward of one ``nn.Conv3d`` straight to oneDNN: contiguous NCDHW in and out, or channels-last in and out
     when ``channels_last`` (an input some other operation left in NCDHW, such as CPU ``avg_pool3d``, is converted).
@@ -26,15 +41,8 @@ class _OneDNNConv:
 
     def usable(self, x: torch.Tensor) -> bool:
         conv = self.conv
-        return (
-            x.device.type == "cpu"
-            and x.dim() == 5
-            and x.dtype == torch.float32
-            and conv.weight.dtype == torch.float32
-            and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str)
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+        return onednn_eligible(conv, x) and not (
+            torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
