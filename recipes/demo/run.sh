@@ -5,8 +5,8 @@
 #   bash recipes/demo/run.sh WORK_DIR [DEVICE]
 #
 # Every stage resumes or is skipped when re-run (training runs resume from their checkpoints, encoding skips
-# finished files). Configs: the `demo` preset plus the overlays beside this script. About 2 h 10 min on a 2-core CPU
-# (estimated from the measured rate of every training stage, recipes/demo/README.md; not timed end to end).
+# finished files). Configs: the `demo` preset plus the overlays beside this script. About 2 h 30 min on a 2-core CPU
+# (estimated from the measured rate of every stage, recipes/demo/README.md; not timed end to end).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 W="${1:?usage: run.sh WORK_DIR [DEVICE]}"
@@ -23,7 +23,8 @@ stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 [ -f "$W/masks64/datalist.json" ] || maisi phantom --num 40 --output-dir "$W/masks64" --size 64 64 64 --spacing 6 6 6 --region chest-abdomen --seed 1000
 
 # 2. the mask branch (mask VAE -> mask diffusion UNet) needs nothing from the image branch: it runs beside it, on
-#    one thread when on a CPU (small 3D convolutions scale poorly over threads, so the image branch loses little).
+#    one thread when on a CPU. On a 2-core CPU this saves little: both branches slow down while they share it
+#    (recipes/demo/README.md has the measured rates).
 (
   if [ "$DEV" = cpu ]; then export OMP_NUM_THREADS=1; fi
   stamp "mask VAE"
