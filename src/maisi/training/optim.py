@@ -72,9 +72,14 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool) -> nn.Module:
     ControlNet checkpoints its conditioning embedding, which costs a second forward of it per step)."""
     if enabled:
         return enable_grad_checkpointing(model)
+    return _set_own_switches(model, False)
+
+
+def _set_own_switches(model: nn.Module, value: bool) -> nn.Module:
+    """MONAI's own checkpointing switches (VAE: ``use_checkpoint``, ControlNet: ``use_checkpointing``)."""
     for flag in ("use_checkpoint", "use_checkpointing"):
         if hasattr(model, flag):
-            setattr(model, flag, False)
+            setattr(model, flag, value)
     return model
 
 
@@ -84,9 +89,7 @@ def enable_grad_checkpointing(model: nn.Module) -> nn.Module:
     MONAI's VAE and ControlNet have their own switch, which is turned on; the UNets' down, middle and up blocks
     are wrapped in non-reentrant ``torch.utils.checkpoint`` (parameter names are unchanged).
     """
-    for flag in ("use_checkpoint", "use_checkpointing"):
-        if hasattr(model, flag):
-            setattr(model, flag, True)
+    _set_own_switches(model, True)
     blocks: list[nn.Module] = []
     for name in ("down_blocks", "up_blocks"):
         if isinstance(getattr(model, name, None), nn.ModuleList):
