@@ -5,8 +5,8 @@
 #   bash recipes/demo/run.sh WORK_DIR [DEVICE]
 #
 # Every stage resumes or is skipped when re-run (training runs resume from their checkpoints, encoding skips
-# finished files). Configs: the `demo` preset plus the overlays beside this script. About 2 h 30 min on a 2-core CPU
-# (estimated from the measured rate of every stage, recipes/demo/README.md; not timed end to end).
+# finished files). Configs: the `demo` preset plus the overlays beside this script. 1 h 44 min on the 2-core CPU,
+# timed from scratch on 2026-12-05 (recipes/demo/README.md gives every stage).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 W="${1:?usage: run.sh WORK_DIR [DEVICE]}"
@@ -22,21 +22,7 @@ stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 [ -f "$W/heldout/datalist.json" ] || maisi phantom --num 20 --output-dir "$W/heldout" --size 128 128 128 --spacing 3 3 3 --region chest-abdomen --seed 5000
 [ -f "$W/masks64/datalist.json" ] || maisi phantom --num 40 --output-dir "$W/masks64" --size 64 64 64 --spacing 6 6 6 --region chest-abdomen --seed 1000
 
-# 2. the mask branch (mask VAE -> mask diffusion UNet) needs nothing from the image branch: it runs beside it, on
-#    one thread when on a CPU. On a 2-core CPU this saves little: both branches slow down while they share it
-#    (recipes/demo/README.md has the measured rates).
-(
-  if [ "$DEV" = cpu ]; then export OMP_NUM_THREADS=1; fi
-  stamp "mask VAE"
-  T mask-vae --config "$HERE/mask_vae.json" --data "$W/masks64" --run-dir "$W/mask_vae"
-  stamp "mask diffusion UNet"
-  T mask-diffusion --config "$HERE/mask_diffusion.json" --data "$W/masks64" --init-from "$W/mask_vae/model" --run-dir "$W/mask_diffusion"
-) > "$W/mask_branch.log" 2>&1 &
-MASK_BRANCH=$!
-# an image-branch failure stops the mask branch too (its running command first, then the subshell)
-trap 'pkill -P "$MASK_BRANCH" 2>/dev/null; kill "$MASK_BRANCH" 2>/dev/null || true' EXIT
-
-# 3. the image branch
+# 2. the image branch
 stamp "VAE"
 T vae --config "$HERE/vae.json" --data "$W/phantoms" --run-dir "$W/vae"
 stamp "encode"
@@ -59,10 +45,15 @@ if [ ! -d "$W/controlnet_whole_init" ]; then
   mv "$W/controlnet_whole_init.tmp" "$W/controlnet_whole_init"
 fi
 T controlnet --config "$HERE/controlnet_whole.json" --data "$W/latents" --init-from "$W/controlnet_whole_init" --run-dir "$W/controlnet_whole"
-stamp "waiting for the mask branch (log: $W/mask_branch.log)"
-wait "$MASK_BRANCH" || { echo "the mask branch failed: see $W/mask_branch.log" >&2; exit 1; }
+# 3. the mask branch (mask VAE -> mask diffusion UNet) needs nothing from the image branch. It runs after it: on a
+#    2-core CPU the two branches side by side got through no more work per minute than one alone
+#    (recipes/demo/README.md has the measured rates)
+stamp "mask VAE"
+T mask-vae --config "$HERE/mask_vae.json" --data "$W/masks64" --run-dir "$W/mask_vae"
+stamp "mask diffusion UNet"
+T mask-diffusion --config "$HERE/mask_diffusion.json" --data "$W/masks64" --init-from "$W/mask_vae/model" --run-dir "$W/mask_diffusion"
 stamp "export to $OUT"
 python "$HERE/export.py" --image "$W/controlnet_whole/model" --mask "$W/mask_diffusion/model" --sizes "$W/masks64" --output "$OUT" --device "$DEV"
 stamp "evaluation"
 bash "$HERE/evaluate.sh" "$W" "$DEV" "$OUT"
-stamp "done"
+stamp "done: $((SECONDS / 60)) min $((SECONDS % 60)) s in all"
