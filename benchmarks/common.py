@@ -198,7 +198,8 @@ def maisi_model_set(model_cfg: Any, nets: Any):
     import dataclasses
 
     from maisi.networks import build
-    from maisi.networks.checkpoint import Component, ModelSet, load_state_strict
+    from maisi.networks.checkpoint import Component, load_state_strict
+    from maisi.networks.model_set import ModelSet
 
     cfg = dataclasses.replace(
         model_cfg, vae=dataclasses.replace(model_cfg.vae, scale_factor=nets.scale_factor)

@@ -11,15 +11,11 @@ import torch
 from maisi.cli import main
 from maisi.config import preset
 from maisi.errors import CheckpointError
+from maisi.io import read_torch_file
 from maisi.networks import build, count_parameters
-from maisi.networks.checkpoint import (
-    OFFICIAL_FILES,
-    load_component,
-    load_model_set,
-    read_torch_file,
-    save_component,
-    save_model_set,
-)
+from maisi.networks.checkpoint import load_component, save_component
+from maisi.networks.model_set import load_model_set, save_model_set
+from maisi.networks.official import OFFICIAL_FILES
 
 
 def _reference(name: str, model_cfg):
@@ -243,7 +239,8 @@ def test_component_folder_never_silently_overwritten(tmp_path):
 def test_model_set_round_trip_keeps_scale_factor(tmp_path):
     cfg = preset("tiny").model
     cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scale_factor=1.7))
-    from maisi.networks.checkpoint import Component, ModelSet
+    from maisi.networks.checkpoint import Component
+    from maisi.networks.model_set import ModelSet
 
     comps = {n: Component(n, build(n, cfg), getattr(cfg, n), tmp_path) for n in ("vae", "unet")}
     save_model_set(tmp_path / "set", ModelSet(config=cfg, components=comps, layout="maisi", root=tmp_path))

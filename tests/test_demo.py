@@ -49,7 +49,7 @@ def test_recipe_export_merges_the_runs_in_fp16(tmp_path):
     from safetensors.torch import load_file
 
     from maisi.data.phantom import write_phantoms
-    from maisi.networks.checkpoint import load_model_set
+    from maisi.networks.model_set import load_model_set
 
     cfg = micro_config()
     image = build_model_set(tmp_path / "image", cfg, mask=False)
@@ -137,7 +137,7 @@ def test_sizes_requested_with_the_demo_set_get_phantom_masks_and_other_sets_thei
     from maisi.config.schema import GenerateConfig
     from maisi.generation.mask_sources import choose_source_kind
     from maisi.io import write_json
-    from maisi.networks.checkpoint import load_model_set
+    from maisi.networks.model_set import load_model_set
 
     sized = GenerateConfig(organ_sizes={"liver": 0.9})
     demo = load_model_set(DEMO_DIR, components=["mask_vae", "mask_unet"])

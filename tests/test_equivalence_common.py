@@ -179,7 +179,7 @@ def official_weights(
 
 def load_maisi_model_set(weights: Path, cfg: Config, components=None):
     """maisi's loader on the official files, with the tiny network config as the base."""
-    from maisi.networks.checkpoint import load_model_set
+    from maisi.networks.model_set import load_model_set
 
     return load_model_set(weights, base=cfg.model, components=components)
 

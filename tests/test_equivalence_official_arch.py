@@ -55,7 +55,8 @@ def maisi_model_set(preset_name: str, nets: dict, root: Path, *, scale_factor: f
     """maisi's own networks for the preset, each loaded strictly from the MONAI network's state dict."""
     from maisi.config import preset
     from maisi.networks import build
-    from maisi.networks.checkpoint import Component, ModelSet, load_state_strict
+    from maisi.networks.checkpoint import Component, load_state_strict
+    from maisi.networks.model_set import ModelSet
 
     cfg = preset(preset_name).model
     cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scale_factor=scale_factor))

@@ -53,7 +53,8 @@ def build_model_set(directory: Path, cfg: Config, *, seed: int = 0, mask: bool =
     here, as after training, so that conditioning and guidance change the output.
     """
     from maisi.networks import build
-    from maisi.networks.checkpoint import Component, ModelSet, save_model_set
+    from maisi.networks.checkpoint import Component
+    from maisi.networks.model_set import ModelSet, save_model_set
 
     torch.manual_seed(seed)
     names = ["vae", "unet", "controlnet"] + (["mask_vae", "mask_unet"] if mask else [])

@@ -61,7 +61,7 @@ def _monai_networks(directory):
     from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
     from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 
-    from maisi.networks.checkpoint import load_model_set
+    from maisi.networks.model_set import load_model_set
 
     ms = load_model_set(directory, components=["vae", "unet", "controlnet"])
     vae_kw = dataclasses.asdict(ms.config.vae)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from maisi.cli import main
-from maisi.networks.checkpoint import OFFICIAL_FILES
 from maisi.networks.hub import HUB_REPO, DownloadError, FolderHub, HuggingFaceHub, download
+from maisi.networks.official import OFFICIAL_FILES
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ ROUNDING = 1e-4  # relative to the output's range
 def model_set():
     """The tiny preset's networks with seeded random weights (zero-initialised outputs made non-zero)."""
     from maisi.networks import build
-    from maisi.networks.checkpoint import Component, ModelSet
+    from maisi.networks.checkpoint import Component
+    from maisi.networks.model_set import ModelSet
 
     cfg = preset("tiny")
     torch.manual_seed(0)

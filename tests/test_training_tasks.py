@@ -19,7 +19,8 @@ import torch
 
 from maisi.config import load_config, preset
 from maisi.networks import build
-from maisi.networks.checkpoint import Component, ModelSet, load_model_set, save_model_set
+from maisi.networks.checkpoint import Component
+from maisi.networks.model_set import ModelSet, load_model_set, save_model_set
 
 STEPS = 30
 

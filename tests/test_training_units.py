@@ -11,7 +11,7 @@ from torch import nn
 
 from maisi import labels as L
 from maisi.errors import CheckpointError
-from maisi.networks.checkpoint import read_torch_file
+from maisi.io import read_torch_file
 from maisi.training import checkpointing as ck
 from maisi.training.conditioning import (
     SIZE_ABSENT,

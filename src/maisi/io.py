@@ -1,4 +1,5 @@
-"""Atomic, no-clobber file writing used by every output and checkpoint writer."""
+"""File primitives every layer uses: atomic no-clobber writing, JSON reading with one-line errors, hashing, and
+reading ``.pt`` files without unpickling code."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from maisi.errors import MaisiError
+from maisi.errors import CheckpointError, DataError, MaisiError
 
 
 class OutputExistsError(MaisiError, FileExistsError):
@@ -80,3 +81,75 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(
+    path: str | os.PathLike, *, error: type[MaisiError] = DataError, what: str = "JSON file"
+) -> Any:
+    """The JSON value of a file; a missing, unreadable or malformed file raises ``error`` naming it in one line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{p}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{p}: cannot read the {what} ({type(e).__name__}: {e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def numpy_safe_globals() -> list[Any]:
+    """The numpy types ``.pt`` files may hold as scalars (e.g. ``scale_factor``): allow-listed, nothing else."""
+    import numpy as np
+
+    allowed: list[Any] = [np.dtype]
+    try:
+        allowed.append(np._core.multiarray.scalar)
+    except AttributeError:  # numpy < 2
+        allowed.append(np.core.multiarray.scalar)
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32")]
+    return allowed
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` with numpy scalars allow-listed; never runs pickled code.
+
+    Raises:
+        CheckpointError: missing file, corrupt file, or a file that needs arbitrary unpickling.
+    """
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln or "GLOBAL" in ln]
+        if not lines:  # not a pickle that asks for globals: the bytes are simply not a checkpoint
+            raise CheckpointError(
+                f"{p}: not a readable PyTorch checkpoint (corrupt or not a .pt file)"
+            ) from None
+        raise CheckpointError(
+            f"{p}: refused to load: the file holds pickled Python objects that could run code ({lines[0][:160]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})"
+        ) from None

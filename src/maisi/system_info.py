@@ -95,8 +95,8 @@ def devices() -> list[dict[str, Any]]:
 def installed_weights() -> dict[str, str]:
     """Known weight sets and where they are (or ``'not installed'``)."""
     from maisi.errors import MaisiError
-    from maisi.networks.checkpoint import detect_layout
     from maisi.networks.hub import default_weights_dir
+    from maisi.networks.model_set import detect_layout
 
     out = {}
     for variant in ("rflow-ct", "ddpm-ct"):
@@ -119,7 +119,7 @@ def describe_weights(directory: str | os.PathLike, *, base=None) -> list[tuple[s
             official preset of the variant found.
     """
     from maisi.networks.builders import count_parameters
-    from maisi.networks.checkpoint import load_model_set
+    from maisi.networks.model_set import load_model_set
 
     ms = load_model_set(directory, base=base)
     return [(name, str(c.path), count_parameters(c.model)) for name, c in ms.components.items()]

@@ -13,7 +13,7 @@ import torch
 from maisi.cli.common import add_config_args, print_config, resolve_config
 from maisi.data.encode import encode_dataset
 from maisi.latents import LatentCodec
-from maisi.networks.checkpoint import load_model_set
+from maisi.networks.model_set import load_model_set
 
 
 def register(subparsers) -> None:

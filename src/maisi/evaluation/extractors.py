@@ -19,7 +19,6 @@ and has an ``ident`` string that names it (and its weights) in feature caches.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maisi.errors import CheckpointError, ConfigError
+from maisi.io import sha256_file
 
 EXTRACTORS = ("random", "resnet50", "radimagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -120,7 +120,7 @@ class ResNet50Features(nn.Module):
         load_state_strict(self.net, state, source=str(self.weights), allowed_missing=counters)
         self.requires_grad_(False)
         self.eval()
-        self._digest = _file_digest(self.weights)
+        self._digest = sha256_file(self.weights)[:12]
 
     @property
     def ident(self) -> str:
@@ -150,7 +150,8 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path))
     else:
-        from maisi.networks.checkpoint import read_torch_file, split_state
+        from maisi.io import read_torch_file
+        from maisi.networks.official import split_state
 
         state, _ = split_state(read_torch_file(path), source=str(path))
     out = {}
@@ -162,14 +163,6 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             continue
         out[key] = value.float() if value.is_floating_point() else value
     return out
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
 
 
 def load_extractor(

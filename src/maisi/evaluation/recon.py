@@ -64,7 +64,7 @@ def evaluate_recon(
     from maisi.data.nifti import load_nifti
     from maisi.evaluation.volumes import scale_intensity
     from maisi.latents import LatentCodec
-    from maisi.networks.checkpoint import load_model_set
+    from maisi.networks.model_set import load_model_set
 
     model_set = load_model_set(weights, components=["vae"], device=device)
     vae_cfg = model_set.config.vae

@@ -115,7 +115,9 @@ class Segmenter:
             d = d / "segmenter"
         spec = read_spec(d)
         model = build_network(spec)
-        from maisi.networks.checkpoint import load_state_strict, read_torch_file, split_state
+        from maisi.io import read_torch_file
+        from maisi.networks.checkpoint import load_state_strict
+        from maisi.networks.official import split_state
 
         path = d / spec.weights
         if not path.is_file():

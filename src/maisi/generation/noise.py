@@ -47,7 +47,7 @@ def load_noise(path: str | os.PathLike) -> torch.Tensor:
     suffix = p.suffix.lower()
     try:
         if suffix in (".pt", ".pth"):
-            from maisi.networks.checkpoint import read_torch_file
+            from maisi.io import read_torch_file
 
             tensor = _pick(read_torch_file(p), str(p))
         elif suffix == ".npy":

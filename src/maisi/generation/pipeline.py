@@ -252,7 +252,7 @@ def generate(
     Args:
         cfg: the request (``cfg.generate``), or a full :class:`Config` (its ``model`` is the base for official
             weights and its ``data.label_set`` the vocabulary of a user mask).
-        model_set: loaded weights (:func:`maisi.networks.checkpoint.load_model_set`); default loads
+        model_set: loaded weights (:func:`maisi.networks.model_set.load_model_set`); default loads
             ``weights`` or else ``cfg.weights`` (``demo``, ``rflow-ct``, ``ddpm-ct`` or a folder).
         weights: weights name or folder, overriding ``cfg.weights``.
         initial_noise: fixed initial latents ``(N, C, x, y, z)`` (sample ``i`` uses row ``i``) or ``(C, x, y, z)``;

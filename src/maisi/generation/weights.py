@@ -7,13 +7,13 @@ folder in maisi's own layout (a training run's ``model/``) or NVIDIA's layout.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from maisi.errors import CheckpointError
+from maisi.io import sha256_file
 
 #: generation always needs these; the mask-generation model only for the ``model`` mask source
 IMAGE_COMPONENTS = ("vae", "unet", "controlnet")
@@ -58,13 +58,14 @@ def load_weights(
     base: Any = None,
     device: str = "cpu",
 ):
-    """Load the named components of a weights folder strictly (see :func:`maisi.networks.checkpoint.load_model_set`).
+    """Load the named components of a weights folder strictly (see :func:`maisi.networks.model_set.load_model_set`).
 
     Args:
         base: network config for official files (a :class:`~maisi.config.schema.ModelConfig`); ignored for
             maisi folders, whose config travels with the weights.
     """
-    from maisi.networks.checkpoint import detect_layout, load_model_set, official_variant
+    from maisi.networks.model_set import detect_layout, load_model_set
+    from maisi.networks.official import official_variant
 
     d = resolve_weights(name)
     layout = detect_layout(d)
@@ -86,13 +87,9 @@ def _same_unet(a: Any, b: Any) -> bool:
 def available_components(name: str | os.PathLike) -> set[str]:
     """Components present in a weights folder (without loading them)."""
     from maisi.networks.builders import COMPONENTS
-    from maisi.networks.checkpoint import (
-        CONFIG_NAME,
-        OFFICIAL_FILES,
-        detect_layout,
-        official_dir,
-        official_variant,
-    )
+    from maisi.networks.checkpoint import CONFIG_NAME
+    from maisi.networks.model_set import detect_layout
+    from maisi.networks.official import OFFICIAL_FILES, official_dir, official_variant
 
     d = resolve_weights(name)
     if detect_layout(d) == "maisi":
@@ -100,14 +97,6 @@ def available_components(name: str | os.PathLike) -> set[str]:
     odir = official_dir(d)
     files = OFFICIAL_FILES[official_variant(d)]
     return {c for c, f in files.items() if odir is not None and (odir / f).is_file()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_identity(model_set: Any) -> dict[str, Any]:
@@ -125,7 +114,7 @@ def weights_identity(model_set: Any) -> dict[str, Any]:
             cfg = path / "config.json"
             weights = path / "model.safetensors"
             if cfg.is_file():
-                entry["config_sha256"] = _sha256(cfg)
+                entry["config_sha256"] = sha256_file(cfg)
             if weights.is_file():
                 entry["weights_bytes"] = weights.stat().st_size
         elif path.is_file():

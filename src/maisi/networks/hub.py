@@ -1,6 +1,6 @@
 """Downloading NVIDIA's official MAISI checkpoints (``nvidia/NV-Generate-CT`` on the Hugging Face hub).
 
-Files land in ``DIR/models/`` (the official layout that :func:`maisi.networks.checkpoint.load_model_set` reads),
+Files land in ``DIR/models/`` (the official layout that :func:`maisi.networks.model_set.load_model_set` reads),
 are checked against the hub's sizes and SHA-256 hashes, resume from partial downloads, and are moved into place
 atomically. The hub is pluggable: :class:`HuggingFaceHub` talks to the real hub; :class:`FolderHub` serves a local
 folder with the same layout (used by the tests, and usable as an offline mirror).
@@ -8,7 +8,6 @@ folder with the same layout (used by the tests, and usable as an offline mirror)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from maisi.errors import MaisiError
-from maisi.networks.checkpoint import OFFICIAL_FILES
+from maisi.io import sha256_file
+from maisi.networks.official import OFFICIAL_FILES
 
 HUB_REPO = "nvidia/NV-Generate-CT"
 _CHUNK = 1 << 20
@@ -120,14 +120,6 @@ class HuggingFaceHub:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _verified(path: Path, remote: RemoteFile) -> bool:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from maisi.errors import CheckpointError
-from maisi.networks.checkpoint import load_component, read_torch_file, save_component
+from maisi.io import read_torch_file
+from maisi.networks.checkpoint import load_component, save_component
 
 STATE_NAME = "training_state.pt"
 CHECKPOINTS = "checkpoints"

@@ -7,7 +7,7 @@ A run folder (``train.run_dir``) holds
   inputs, reconstructions and samples;
 - ``checkpoints/step_N/``: see :mod:`maisi.training.checkpointing` (every ``train.ckpt_every`` steps and at the
   end, atomic, the last ``train.keep_last`` kept);
-- ``model/``: the final model set (:func:`maisi.networks.checkpoint.save_model_set` layout; EMA weights of the
+- ``model/``: the final model set (:func:`maisi.networks.model_set.save_model_set` layout; EMA weights of the
   trained network) that generation loads;
 - ``final.txt``: the line ``final: step=N val_loss=X`` that the run also prints.
 
@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from maisi.config import Config, load_config, save_config, to_dict
 from maisi.errors import ConfigError, MaisiError
-from maisi.networks.checkpoint import Component, ModelSet, load_state_strict, save_model_set
+from maisi.networks.checkpoint import Component, load_state_strict
+from maisi.networks.model_set import ModelSet, save_model_set
 from maisi.training import distributed
 from maisi.training.checkpointing import (
     checkpoint_dir,

@@ -232,7 +232,7 @@ def load_init_model_set(
     Raises:
         ConfigError: when ``init_from`` is unset but ``required`` is not empty, or a required component is absent.
     """
-    from maisi.networks.checkpoint import detect_layout, load_model_set
+    from maisi.networks.model_set import detect_layout, load_model_set
 
     path = cfg.train.init_from
     if not path:

@@ -1,0 +1,160 @@
+"""Model sets: the networks of one MAISI model (VAE, UNet, ControlNet, mask models) loaded from a folder in
+maisi's layout (component folders, :mod:`maisi.networks.checkpoint`) or NVIDIA's (``.pt`` files,
+:mod:`maisi.networks.official`), with one :class:`~maisi.config.schema.ModelConfig` that holds every component's
+config and the latent scale factors (``vae.scale_factor``, ``mask_vae.scale_factor``: their one home).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maisi.config.loading import build_dataclass, to_dict
+from maisi.config.presets import preset
+from maisi.config.schema import ModelConfig
+from maisi.errors import CheckpointError
+from maisi.networks.builders import COMPONENTS
+from maisi.networks.checkpoint import CONFIG_NAME, Component, load_component, save_component
+from maisi.networks.official import (
+    SCALE_FACTOR_OWNERS,
+    load_official_components,
+    official_dir,
+    official_variant,
+)
+
+
+@dataclass
+class ModelSet:
+    """The networks of one MAISI model set; ``config`` holds every component's config (scale factors included)."""
+
+    config: ModelConfig
+    components: dict[str, Component]
+    layout: str  # "maisi" or "official"
+    root: Path
+
+    def __getitem__(self, name: str) -> nn.Module:
+        if name not in self.components:
+            raise CheckpointError(
+                f"{self.root}: model set has no {name!r} component (has {sorted(self.components)})"
+            )
+        return self.components[name].model
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.components
+
+
+def detect_layout(directory: str | os.PathLike) -> str:
+    """``'maisi'`` (component folders), ``'official'`` (NVIDIA ``.pt`` files) — or a CheckpointError."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: weights folder not found")
+    if any((d / c / CONFIG_NAME).is_file() for c in COMPONENTS):
+        return "maisi"
+    if official_dir(d) is not None:
+        return "official"
+    raise CheckpointError(
+        f"{d}: no weights found (expected component folders with {CONFIG_NAME}, or official files such as "
+        f"models/autoencoder_v1.pt)"
+    )
+
+
+def _load_maisi_components(
+    d: Path, cfg: ModelConfig, *, wanted: list[str] | None, device: str | torch.device, fast: bool
+) -> tuple[ModelConfig, dict[str, Component]]:
+    loaded: dict[str, Component] = {}
+    for name in COMPONENTS:
+        sub = d / name
+        if (wanted is None and (sub / CONFIG_NAME).is_file()) or (wanted is not None and name in wanted):
+            loaded[name] = load_component(sub, device=device, fast=fast)
+            cfg = dataclasses.replace(cfg, **{name: loaded[name].config})
+    for vae_name, unet_name in SCALE_FACTOR_OWNERS:
+        extra = loaded[unet_name].extra if unet_name in loaded else {}
+        if (
+            vae_name not in loaded and "scale_factor" in extra
+        ):  # folders written before the model-level config
+            vae_cfg = dataclasses.replace(getattr(cfg, vae_name), scale_factor=float(extra["scale_factor"]))
+            cfg = dataclasses.replace(cfg, **{vae_name: vae_cfg})
+    top = d / CONFIG_NAME
+    if (
+        top.is_file()
+    ):  # model-level facts (schedulers, scale factors, mask latent shape) saved by save_model_set
+        try:
+            meta = json.loads(top.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{top}: not valid JSON ({e.msg})") from None
+        model_meta = {k: v for k, v in meta.get("model", {}).items() if k not in COMPONENTS}
+        cfg = build_dataclass(ModelConfig, model_meta, f"{top}: model", base=cfg)
+        for vae_name, _ in SCALE_FACTOR_OWNERS:
+            saved = meta.get("model", {}).get(vae_name, {}).get("scale_factor")
+            if vae_name not in loaded and saved is not None:
+                vae_cfg = dataclasses.replace(getattr(cfg, vae_name), scale_factor=float(saved))
+                cfg = dataclasses.replace(cfg, **{vae_name: vae_cfg})
+    return cfg, loaded
+
+
+def load_model_set(
+    directory: str | os.PathLike,
+    *,
+    components: Iterable[str] | None = None,
+    base: ModelConfig | None = None,
+    device: str | torch.device = "cpu",
+    fast: bool = True,
+) -> ModelSet:
+    """Load every component found in ``directory`` (ours or the official layout), strictly.
+
+    Args:
+        components: restrict to these names (each must be present).
+        base: the network config for official files (default: the official preset of the variant found).
+        fast: fused VAE numerics (default) or MONAI's own code (``False``; see :func:`maisi.networks.build_vae`).
+    """
+    d = Path(directory)
+    layout = detect_layout(d)
+    wanted = None if components is None else list(components)
+    if layout == "maisi":
+        cfg, loaded = _load_maisi_components(
+            d, base or ModelConfig(), wanted=wanted, device=device, fast=fast
+        )
+    else:
+        cfg = base or preset(official_variant(d)).model
+        cfg, loaded = load_official_components(d, cfg, wanted=wanted, device=device, fast=fast)
+    if wanted is not None:
+        missing = [n for n in wanted if n not in loaded]
+        if missing:
+            raise CheckpointError(f"{d}: missing components {missing}")
+    return ModelSet(config=cfg, components=loaded, layout=layout, root=d)
+
+
+def save_model_set(
+    directory: str | os.PathLike,
+    model_set: ModelSet,
+    *,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model set in maisi's format: one component folder each plus the model-level ``config.json``."""
+    from maisi.io import write_json
+
+    d = Path(directory)
+    for name, comp in model_set.components.items():
+        save_component(
+            d / name,
+            comp.model,
+            getattr(model_set.config, name),
+            component=name,
+            extra=comp.extra,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+    write_json(
+        d / CONFIG_NAME,
+        {"format": "maisi-model-set", "model": to_dict(model_set.config)},
+        overwrite=overwrite,
+    )
+    return d
