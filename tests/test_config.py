@@ -137,3 +137,56 @@ def test_unknown_preset():
 def test_parse_assignments_rejects_missing_equals():
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_assignments(["train.lr"])
+
+
+def test_official_target_outside_the_allow_list_is_neither_imported_nor_run(tmp_path, monkeypatch):
+    """A network definition naming an arbitrary module in ``_target_`` is refused by name; the module is never
+    imported (it would write a marker file if it were)."""
+    import sys
+
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "evil_maisi_target.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nclass Net: pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = json.loads((REF / "config_network_rflow.json").read_text())
+    data["autoencoder_def"]["_target_"] = "evil_maisi_target.Net"
+    f = tmp_path / "net.json"
+    f.write_text(json.dumps(data))
+    with pytest.raises(
+        ConfigError, match=r"net\.json: autoencoder_def: unknown _target_ 'evil_maisi_target\.Net'"
+    ):
+        load_config(files=[f])
+    assert not marker.exists() and "evil_maisi_target" not in sys.modules
+    data["autoencoder_def"]["_target_"] = "os.system"
+    data["noise_scheduler"]["_target_"] = "subprocess.run"
+    f.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"unknown _target_ 'os\.system'"):
+        load_config(files=[f])
+
+
+def test_official_keys_maisi_does_not_use_are_named_in_one_warning(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="maisi.config.official"):
+        load_config(files=[REF / "environment_maisi_vae_train.json", REF / "config_maisi_vae_train.json"])
+    env, train = [r.getMessage() for r in caplog.records]
+    assert env.startswith(f"{REF / 'environment_maisi_vae_train.json'}: official keys not used by maisi:")
+    assert "trained_autoencoder_path" in env and "tfevent_path" in env
+    assert "autoencoder_train.n_epochs (maisi trains by steps" in train and "data_option (" in train
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maisi.config.official"):
+        load_config(files=[REF / "config_network_rflow.json"])  # every key of a network file is used
+    assert caplog.records == []
+
+
+def test_official_2026_network_file_gives_the_adagn_mask_generator():
+    cfg = load_config(
+        files=[Path(__file__).resolve().parents[2] / "shared/reference/maisi/2026/config_network_rflow.json"]
+    )
+    m = cfg.model
+    assert m.mask_unet.variant == "adagn" and m.mask_unet.adagn_condition_dim == 19
+    assert m.mask_unet.adagn_context_embed_dim == 256 and m.mask_unet.cross_attention_dim == 19
+    assert m.mask_unet.include_spacing_input is True and m.mask_unet.num_channels == (64, 128, 256, 512)
+    assert m.mask_scheduler.kind == "rflow" and m.mask_scheduler.scale == 1.0
+    assert m.unet == preset("rflow-ct").model.unet  # the image networks did not change

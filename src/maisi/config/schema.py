@@ -50,10 +50,11 @@ class VAEConfig:
 
 @dataclass
 class UNetConfig:
-    """Latent diffusion UNet: MONAI ``DiffusionModelUNetMaisi`` (``variant='maisi'``) or MONAI
-    ``DiffusionModelUNet`` (``variant='monai'``, used by the mask-generation model)."""
+    """Latent diffusion UNet: MONAI ``DiffusionModelUNetMaisi`` (``variant='maisi'``), MONAI ``DiffusionModelUNet``
+    (``variant='monai'``, the DDPM mask-generation model) or the MAISI UNet with adaptive group norm on a condition
+    vector (``variant='adagn'``, the 2026 rectified-flow mask generator; ``adagn_*`` apply to it only)."""
 
-    variant: Literal["maisi", "monai"] = "maisi"
+    variant: Literal["maisi", "monai", "adagn"] = "maisi"
     spatial_dims: int = 3
     in_channels: int = 4
     out_channels: int = 4
@@ -74,6 +75,9 @@ class UNetConfig:
     cross_attention_dim: int | None = None
     upcast_attention: bool = False
     transformer_num_layers: int = 1
+    #: adagn: length of the condition vector (anatomy sizes and demographics) and width of its embedding
+    adagn_condition_dim: int | None = None
+    adagn_context_embed_dim: int | None = None
 
 
 @dataclass

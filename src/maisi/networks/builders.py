@@ -55,12 +55,19 @@ def build_unet(cfg: UNetConfig) -> nn.Module:
     """Diffusion UNet: MONAI ``DiffusionModelUNetMaisi`` (variant ``maisi``) or ``DiffusionModelUNet`` (``monai``)."""
     kwargs = dataclasses.asdict(cfg)
     variant = kwargs.pop("variant")
+    adagn = {k: kwargs.pop(k) for k in ("adagn_condition_dim", "adagn_context_embed_dim")}
+    if variant != "adagn" and any(v is not None for v in adagn.values()):
+        raise ValueError(
+            f"adagn_condition_dim / adagn_context_embed_dim need variant='adagn', got {variant!r}"
+        )
     kwargs["num_head_channels"] = list(cfg.num_head_channels)
     kwargs["use_flash_attention"] = False
     if variant == "maisi":
         from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 
         model = DiffusionModelUNetMaisi(**kwargs)
+    elif variant == "adagn":
+        raise ValueError("variant 'adagn' (the 2026 mask generator) cannot be built yet")
     else:
         from monai.networks.nets import DiffusionModelUNet
 
