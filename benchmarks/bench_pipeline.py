@@ -198,7 +198,7 @@ def run_maisi(args, cfg, model_set, noise, rec, out_dir: Path, plain: bool):
     import torch
 
     from maisi.generation import generate
-    from maisi.generation.mask_sources import FileMaskSource
+    from maisi.generation.masks import FileMaskSource
     from maisi.generation.outputs import sample_paths, write_sample
     from maisi.generation.synthesis import build_denoiser
     from maisi.performance import PLAIN, Speedups, accelerate
@@ -261,7 +261,7 @@ def child(args) -> dict:
     import torch
 
     from maisi.config import preset
-    from maisi.generation.mask_sources import FileMaskSource
+    from maisi.generation.masks import FileMaskSource
 
     torch.set_num_threads(args.threads)
     cfg = preset(args.preset)

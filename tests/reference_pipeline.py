@@ -178,6 +178,8 @@ def monai_kwargs(component: str, cfg: Any) -> dict[str, Any]:
     kwargs = dataclasses.asdict(cfg)
     kwargs.pop("scale_factor", None)
     kwargs.pop("variant", None)
+    kwargs.pop("adagn_condition_dim", None)  # maisi's fields of the 2026 AdaGN variant, not MONAI keywords
+    kwargs.pop("adagn_context_embed_dim", None)
     if "num_head_channels" in kwargs:
         kwargs["num_head_channels"] = list(kwargs["num_head_channels"])
     if component in ("vae", "mask_vae"):

@@ -37,6 +37,7 @@ def _reference(name: str, model_cfg):
     if name == "controlnet":
         return ControlNetMaisi(**kw)
     variant = kw.pop("variant")
+    kw.pop("adagn_condition_dim"), kw.pop("adagn_context_embed_dim")  # fields of the AdaGN variant only
     if variant == "monai":
         for k in (
             "include_top_region_index_input",

@@ -135,7 +135,7 @@ def test_sizes_requested_with_the_demo_set_get_phantom_masks_and_other_sets_thei
     import shutil
 
     from maisi.config.schema import GenerateConfig
-    from maisi.generation.mask_sources import choose_source_kind
+    from maisi.generation.masks import choose_source_kind
     from maisi.io import write_json
     from maisi.networks.model_set import load_model_set
 

@@ -58,7 +58,7 @@ class MaskRun:
 
 
 def _source(tmp_path_factory, sizes=SIZES, **decode):
-    from maisi.generation.mask_model import ModelMaskSource
+    from maisi.generation.masks.model import ModelMaskSource
 
     weights, _ = official_weights(tmp_path_factory, "rflow")
     cfg = tiny_config("rflow")

@@ -68,7 +68,7 @@ def _monai_networks(directory):
     scale = vae_kw.pop("scale_factor")
     vae = AutoencoderKlMaisi(**{**vae_kw, "norm_float16": False, "use_flash_attention": False})
     unet_kw = dataclasses.asdict(ms.config.unet)
-    unet_kw.pop("variant")
+    unet_kw.pop("variant"), unet_kw.pop("adagn_condition_dim"), unet_kw.pop("adagn_context_embed_dim")
     unet = DiffusionModelUNetMaisi(
         **{**unet_kw, "num_head_channels": list(unet_kw["num_head_channels"]), "use_flash_attention": False}
     )

@@ -284,7 +284,7 @@ def test_cli_flags_map_onto_the_config(capsys):
 
 
 def test_guidance_uses_the_tumour_free_mask_as_unconditional_control(weights, tmp_path):
-    from maisi.generation.mask_sources import MaskSample
+    from maisi.generation.masks import MaskSample
     from maisi.generation.synthesis import build_denoiser
     from maisi.networks.model_set import load_model_set
 

@@ -15,15 +15,16 @@ import torch
 from maisi.config import GenerateConfig
 from maisi.errors import DataError, RequestError
 from maisi.generation import conditioning, grid, qc, request, seeds
-from maisi.generation.mask_database import (
+from maisi.generation.masks import FileMaskSource, PhantomMaskSource, read_user_mask
+from maisi.generation.masks.database import (
     DatabaseMaskSource,
     augment_tumors,
     closeness,
     index_masks,
     load_index,
 )
-from maisi.generation.mask_model import complete_size_vector
-from maisi.generation.mask_sources import FileMaskSource, PhantomMaskSource, phantom_region, read_user_mask
+from maisi.generation.masks.model import complete_size_vector
+from maisi.generation.masks.phantom import phantom_region
 from maisi.generation.noise import load_noise, noise_for
 from maisi.generation.preview import preview_png
 from test_generation_common import DATA

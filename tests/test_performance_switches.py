@@ -61,7 +61,7 @@ def one_thread():
 
 
 def _mask(shape=SHAPE, tumor: bool = False):
-    from maisi.generation.mask_sources import MaskSample
+    from maisi.generation.masks import MaskSample
 
     label = np.zeros(shape, np.uint8)
     label[4:28, 5:27, 2:30] = 200

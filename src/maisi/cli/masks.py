@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from maisi.generation.mask_database import index_masks
+    from maisi.generation.masks.database import index_masks
 
     path = index_masks(args.folder, output=args.output, overwrite=args.overwrite)
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -102,7 +102,7 @@ FOLLOWS_SIZES_SPEARMAN = 0.8
 def slot_range_requests(weights: str | os.PathLike | None, anatomy: str = "liver", n: int = 5) -> list[float]:
     """``n`` relative sizes evenly spaced over the values of ``anatomy``'s size slot in the size-condition database
     beside ``weights`` (a mask model cannot be asked for sizes it never saw); 0.3-0.9 without one."""
-    from maisi.generation.mask_model import find_size_conditions, load_size_conditions
+    from maisi.generation.masks.model import find_size_conditions, load_size_conditions
 
     if anatomy not in maisi_labels.SIZE_SLOTS:
         raise ValueError(f"anatomy {anatomy!r} has no size slot; expected one of {maisi_labels.SIZE_SLOTS}")
@@ -136,7 +136,7 @@ def mask_model_size_response(
         "follows_sizes", "threshold", "steps", "seeds"}``; ``follows_sizes`` is ``mean_spearman >=``
         :data:`FOLLOWS_SIZES_SPEARMAN` (a seed whose volumes do not vary counts as 0).
     """
-    from maisi.generation.mask_model import ModelMaskSource
+    from maisi.generation.masks.model import ModelMaskSource
 
     if sizes is None:
         sizes = slot_range_requests(getattr(model_set, "root", None), anatomy)

@@ -12,7 +12,7 @@ Typical use::
 
 from __future__ import annotations
 
-from maisi.generation.mask_sources import (
+from maisi.generation.masks import (
     FileMaskSource,
     MaskSample,
     MaskSource,

@@ -22,7 +22,7 @@ import torch
 
 from maisi.config.schema import Config, GenerateConfig
 from maisi.errors import RequestError
-from maisi.generation.mask_sources import MaskSample, MaskSource, choose_source_kind, make_mask_source
+from maisi.generation.masks import MaskSample, MaskSource, choose_source_kind, make_mask_source
 from maisi.generation.request import check_body_region, modality_id, validate_request
 from maisi.generation.seeds import derive_seed, dist_env, shard, torch_generator
 from maisi.generation.synthesis import latent_shape, sampling_networks, synthesise, unit_to_hu

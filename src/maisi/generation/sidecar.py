@@ -17,7 +17,7 @@ import numpy as np
 
 from maisi import labels
 from maisi.config.schema import GenerateConfig
-from maisi.generation.mask_sources import MaskSample
+from maisi.generation.masks.base import MaskSample
 from maisi.generation.request import fov_warnings
 from maisi.generation.seeds import derive_seed
 

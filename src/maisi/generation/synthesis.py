@@ -26,7 +26,7 @@ from maisi.generation.conditioning import (
     spacing_input,
     without_tumors,
 )
-from maisi.generation.mask_sources import MaskSample
+from maisi.generation.masks.base import MaskSample
 from maisi.performance import Speedups, accelerate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

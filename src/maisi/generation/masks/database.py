@@ -23,7 +23,8 @@ from scipy import ndimage as ndi
 from maisi import labels
 from maisi.errors import DataError, MaisiError, RequestError
 from maisi.generation.grid import fit_to_grid
-from maisi.generation.mask_sources import MaskSample, read_user_mask
+from maisi.generation.masks.base import MaskSample
+from maisi.generation.masks.file import read_user_mask
 from maisi.generation.request import check_anatomy, check_body_region
 from maisi.generation.seeds import derive_seed
 from maisi.io import write_json

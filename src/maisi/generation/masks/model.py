@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 from maisi import labels
 from maisi.errors import DataError
 from maisi.generation.grid import fit_to_grid, spacing_affine
-from maisi.generation.mask_sources import MaskSample
+from maisi.generation.masks.base import MaskSample
 from maisi.generation.seeds import derive_seed, torch_generator
 
 #: spacing (mm) of the official mask-generation model's output (256^3 at 1.5 mm)
