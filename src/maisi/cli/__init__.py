@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "masks": "masks",
     "download": "download",
     "info": "info",
+    "export": "export",
 }
 
 
