@@ -203,7 +203,7 @@ def test_preview_is_a_deterministic_three_panel_png(tmp_path):
     assert png == preview_png(image, label, (3.0, 3.0, 6.0))
     (tmp_path / "p.png").write_bytes(png)
     img = Image.open(tmp_path / "p.png")
-    assert img.size == (256 + 256 + 256 + 8, 256) and img.mode == "RGB"
+    assert img.size == (6 * 256 + 3 * 4 + 2 * 12, 256) and img.mode == "RGB"  # grey + overlay per view
 
 
 # -- mask sources ----------------------------------------------------------------------------------------------------
