@@ -52,7 +52,8 @@ def build_vae(cfg: VAEConfig, *, fast: bool = True) -> nn.Module:
 
 
 def build_unet(cfg: UNetConfig) -> nn.Module:
-    """Diffusion UNet: MONAI ``DiffusionModelUNetMaisi`` (variant ``maisi``) or ``DiffusionModelUNet`` (``monai``)."""
+    """Diffusion UNet: MONAI ``DiffusionModelUNetMaisi`` (variant ``maisi``), ``DiffusionModelUNet`` (``monai``) or
+    the MAISI UNet with adaptive group norm on a condition vector (``adagn``, :mod:`maisi.networks.adagn`)."""
     kwargs = dataclasses.asdict(cfg)
     variant = kwargs.pop("variant")
     adagn = {k: kwargs.pop(k) for k in ("adagn_condition_dim", "adagn_context_embed_dim")}
@@ -67,7 +68,9 @@ def build_unet(cfg: UNetConfig) -> nn.Module:
 
         model = DiffusionModelUNetMaisi(**kwargs)
     elif variant == "adagn":
-        raise ValueError("variant 'adagn' (the 2026 mask generator) cannot be built yet")
+        from maisi.networks.adagn import DiffusionModelUNetMaisiAdaGN
+
+        model = DiffusionModelUNetMaisiAdaGN(**kwargs, **adagn)
     else:
         from monai.networks.nets import DiffusionModelUNet
 
