@@ -9,6 +9,7 @@ structures", everything else an "anatomical structure".
 
 from __future__ import annotations
 
+import functools
 import re
 
 #: MAISI name -> ``codes.SCT`` keyword, where the name is not simply the keyword's words (``liver`` -> ``Liver``)
@@ -66,10 +67,15 @@ _PATTERNS = (
 )
 
 
-def keyword_of(name: str) -> str:
-    """The ``codes.SCT`` keyword of a MAISI label name (:data:`FALLBACK` when none fits)."""
+@functools.cache
+def _sct_keywords() -> frozenset[str]:
     from pydicom.sr.codedict import codes
 
+    return frozenset(dir(codes.SCT))
+
+
+def keyword_of(name: str) -> str:
+    """The ``codes.SCT`` keyword of a MAISI label name (:data:`FALLBACK` when none fits)."""
     candidates = [ALIASES.get(name)]
     for pattern, replacement in _PATTERNS:
         match = pattern.match(name)
@@ -78,8 +84,7 @@ def keyword_of(name: str) -> str:
                 match.group(2).capitalize() if replacement is None else match.expand(replacement)
             )
     candidates.append("".join(w[:1].upper() + w[1:] for w in name.split()))
-    known = set(dir(codes.SCT))
-    return next((c for c in candidates if c and c in known), FALLBACK)
+    return next((c for c in candidates if c and c in _sct_keywords()), FALLBACK)
 
 
 def segment_codes(name: str):

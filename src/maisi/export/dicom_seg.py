@@ -41,9 +41,10 @@ def segmentation(label: np.ndarray, affine: np.ndarray, ct_datasets: list, ident
     if not ids:
         raise DataError("label map is empty; a DICOM SEG needs at least one segment")
     voxels, _ = to_lps_voxels(np.asarray(label), affine)
-    lut = np.zeros(max(ids) + 1, dtype=np.uint16)
+    lut = np.zeros(max(ids) + 1, dtype=np.uint8 if len(ids) < 256 else np.uint16)
     lut[ids] = np.arange(1, len(ids) + 1)
-    frames = np.transpose(lut[voxels], (2, 1, 0))  # (slices, rows = Y, columns = X)
+    # (slices, rows = Y, columns = X), contiguous: highdicom compares every frame with every segment number
+    frames = np.ascontiguousarray(np.transpose(lut[voxels], (2, 1, 0)))
     algorithm = hd.AlgorithmIdentificationSequence(
         name="maisi", version=__version__, family=codes.cid7162.ArtificialIntelligence
     )
