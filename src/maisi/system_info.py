@@ -93,22 +93,71 @@ def devices() -> list[dict[str, Any]]:
 
 
 def installed_weights() -> dict[str, str]:
-    """Known weight sets and where they are (or ``'not installed'``)."""
+    """Known weight sets and where they are, with the flows each supports (or ``'not installed'``)."""
     from maisi.errors import MaisiError
     from maisi.networks.hub import default_weights_dir
-    from maisi.networks.model_set import detect_layout
+    from maisi.networks.inventory import survey
+    from maisi.networks.variants import VARIANTS
 
     out = {}
-    for variant in ("rflow-ct", "ddpm-ct"):
+    for variant in VARIANTS:
         d = default_weights_dir(variant)
         try:
-            detect_layout(d)
-            out[variant] = str(d)
+            inv = survey(d, variant)
         except MaisiError:
+            inv = None
+        if inv is None or not inv.components:
             out[variant] = "not installed"
+        else:
+            out[variant] = f"{d} (supports: {', '.join(inv.supported) or 'nothing yet'})"
     demo = Path(__file__).parent / "demo"
     out["demo"] = str(demo) if (demo / "vae" / "config.json").is_file() else "missing (incomplete install)"
     return out
+
+
+#: mask-source flows (:data:`maisi.networks.variants.FLOWS`) -> the mask source they enable
+_MASK_SOURCES = {"mask-model-v1": "model-v1", "mask-model-v2": "model-v2", "mask-database": "database"}
+
+
+def describe_folder(directory: str | os.PathLike) -> list[str]:
+    """What a weights folder holds and supports, without loading anything: one block of lines per official variant
+    it holds (layout, variant, components, datasets, flows, mask sources, and what each unsupported flow lacks)."""
+    from maisi.networks.inventory import survey
+
+    first = survey(directory)
+    if first.layout == "none":
+        return [f"{first.root}: no weights or official datasets found"]
+    others = [survey(directory, v) for v in first.variants if v != first.variant]
+    lines = []
+    for inv in [first, *others]:
+        head = f"{inv.root}: {inv.layout} layout" + (f", variant {inv.variant}" if inv.variant else "")
+        flows = [f for f in inv.supported if f not in _MASK_SOURCES]
+        sources = (["file", "phantom"] if "paired" in flows else []) + [
+            _MASK_SOURCES[f] for f in inv.supported if f in _MASK_SOURCES
+        ]
+        lacking = [f"{f} (needs {', '.join(m)})" for f, m in inv.flows.items() if m]
+        lines += [
+            head,
+            f"  {'components':<14} {', '.join(inv.components) or '-'}",
+            f"  {'datasets':<14} {', '.join(inv.datasets) or '-'}",
+            f"  {'flows':<14} {', '.join(flows) or '-'}",
+            f"  {'mask sources':<14} {', '.join(sources) or '-'}",
+        ]
+        if lacking:
+            lines.append(f"  {'not supported':<14} {'; '.join(lacking)}")
+    return lines
+
+
+def variant_without_preset(directory: str | os.PathLike) -> str | None:
+    """The official variant of a folder when it has no network preset (yet), so :func:`describe_weights` cannot
+    build its networks without an explicit ``base``; None otherwise."""
+    from maisi.config.presets import PRESETS
+    from maisi.networks.inventory import survey
+
+    inv = survey(directory)
+    if inv.layout == "official" and inv.variant not in PRESETS:
+        return inv.variant
+    return None
 
 
 def describe_weights(directory: str | os.PathLike, *, base=None) -> list[tuple[str, str, int]]:

@@ -1,19 +1,30 @@
-"""``maisi download [rflow-ct|ddpm-ct] --dir DIR``: fetch NVIDIA's official checkpoints from the hub."""
+"""``maisi download VARIANT --dir DIR``: fetch NVIDIA's official checkpoints and datasets from the hub."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from maisi.networks.hub import HUB_REPO, FolderHub, download
+from maisi.networks.hub import FolderHub, download
+from maisi.networks.variants import VARIANTS
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("download", help="download the official MAISI checkpoints")
-    p.add_argument("variant", nargs="?", default="rflow-ct", choices=["rflow-ct", "ddpm-ct"])
-    p.add_argument(
-        "--dir", default=None, help="target folder (default: $MAISI_HOME/VARIANT or ~/.cache/maisi)"
+    p = subparsers.add_parser(
+        "download", help="download the official MAISI checkpoints and datasets (size/hash checked, resumable)"
     )
-    p.add_argument("--repo", default=HUB_REPO, help=f"hub repository (default {HUB_REPO})")
+    p.add_argument("variant", nargs="?", default="rflow-ct", choices=list(VARIANTS))
+    p.add_argument(
+        "--dir", default=None, help="target folder (default: $MAISI_HOME/VARIANT or ~/.cache/maisi/VARIANT)"
+    )
+    p.add_argument(
+        "--models-only", action="store_true", help="the checkpoints only: no mask database or size conditions"
+    )
+    p.add_argument(
+        "--repo",
+        default=None,
+        help="fetch every file from this hub repository (a mirror of the official paths)",
+    )
     p.add_argument(
         "--hub-folder", default=None, help="serve files from a local mirror folder instead of the hub"
     )
@@ -22,6 +33,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     hub = FolderHub(args.hub_folder) if args.hub_folder else None
-    for path in download(args.variant, directory=args.dir, hub=hub, repo=args.repo):
+    got = download(args.variant, directory=args.dir, hub=hub, repo=args.repo, models_only=args.models_only)
+    for path in [*got.files, *got.extracted]:
         print(path)
+    for name in got.missing_optional:
+        print(f"maisi download: note: {name} is not on the hub (optional); skipped", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""``maisi info``: versions, devices, CPU features and installed weights; ``--weights DIR`` loads and counts."""
+"""``maisi info``: versions, devices, CPU features and installed weights; ``--weights DIR...`` surveys each folder
+(variant, components, datasets, supported flows and mask sources), then loads every component and counts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from maisi.kernels import build
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="versions, devices and installed weights")
-    p.add_argument("--weights", metavar="DIR", help="load every component in DIR strictly and list them")
+    p.add_argument(
+        "--weights",
+        metavar="DIR",
+        nargs="+",
+        help="list what each folder holds and supports, then load every component strictly and count parameters",
+    )
     p.add_argument(
         "--preset", default=None, help="network preset for official .pt files (default: their variant)"
     )
@@ -21,8 +27,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.weights:
         base = preset(args.preset).model if args.preset else None
-        for name, path, count in system_info.describe_weights(args.weights, base=base):
-            print(f"{name:<12} {path}  {count:,} parameters ({count / 1e6:.1f} M)")
+        for directory in args.weights:
+            for line in system_info.describe_folder(directory):
+                print(line)
+            missing_preset = None if base is not None else system_info.variant_without_preset(directory)
+            if missing_preset is not None:
+                print(f"  (no network preset for {missing_preset!r} yet: pass --preset to load and count)")
+                continue
+            for name, path, count in system_info.describe_weights(directory, base=base):
+                print(f"{name:<12} {path}  {count:,} parameters ({count / 1e6:.1f} M)")
         return 0
     print("versions:")
     for k, v in system_info.versions().items():

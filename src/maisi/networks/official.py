@@ -1,8 +1,11 @@
 """NVIDIA's official MAISI checkpoint files: the layout, the ``.pt`` reader (never unpickles code), and the
 translation of what those files hold besides weights (the latent scale factors) into the typed config, once.
 
-The official layout is a folder ``models/`` holding ``autoencoder_v1.pt``, ``diff_unet_3d_{rflow,ddpm}-ct.pt``,
-``controlnet_3d_{rflow,ddpm}-ct.pt``, ``mask_generation_autoencoder.pt`` and ``mask_generation_diffusion_unet.pt``.
+The official layout is a folder ``models/`` holding the files of one or more variants (the table in
+:mod:`maisi.networks.variants`): ``autoencoder_v1.pt``, ``diff_unet_3d_{rflow,ddpm}-ct.pt``,
+``controlnet_3d_{rflow,ddpm}-ct.pt``, ``mask_generation_autoencoder.pt`` and ``mask_generation_diffusion_unet.pt`` for
+CT; ``autoencoder_v2.pt`` and ``diff_unet_3d_rflow-mr.pt`` for body MR; ``autoencoder_v1.pt`` and
+``diff_unet_3d_rflow-mr-brain_v1.pt`` for brain MR.
 Each latent scale factor lives in the diffusion checkpoint that consumes the latents (``scale_factor``); at load it
 is written into the VAE's config (``vae.scale_factor`` / ``mask_vae.scale_factor``), its one home in maisi.
 """
@@ -24,22 +27,11 @@ from maisi.errors import CheckpointError
 from maisi.io import numpy_safe_globals, read_torch_file
 from maisi.networks.builders import build, component_config
 from maisi.networks.checkpoint import Component, load_state_strict
+from maisi.networks.variants import VARIANTS
 
+#: variant -> component -> file name in ``models/``, for the networks maisi's model sets load (from the variant table)
 OFFICIAL_FILES: dict[str, dict[str, str]] = {
-    "rflow-ct": {
-        "vae": "autoencoder_v1.pt",
-        "unet": "diff_unet_3d_rflow-ct.pt",
-        "controlnet": "controlnet_3d_rflow-ct.pt",
-        "mask_vae": "mask_generation_autoencoder.pt",
-        "mask_unet": "mask_generation_diffusion_unet.pt",
-    },
-    "ddpm-ct": {
-        "vae": "autoencoder_v1.pt",
-        "unet": "diff_unet_3d_ddpm-ct.pt",
-        "controlnet": "controlnet_3d_ddpm-ct.pt",
-        "mask_vae": "mask_generation_autoencoder.pt",
-        "mask_unet": "mask_generation_diffusion_unet.pt",
-    },
+    name: {component: f.name for component, f in spec.models.items()} for name, spec in VARIANTS.items()
 }
 #: keys under which official files nest their state dict (some autoencoder files use ``unet_state_dict`` too)
 NESTED_STATE_KEYS = ("unet_state_dict", "controlnet_state_dict", "state_dict", "model_state_dict")
@@ -82,15 +74,23 @@ def official_dir(directory: str | os.PathLike) -> Path | None:
     return None
 
 
-def official_variant(directory: str | os.PathLike) -> str:
-    """``'rflow-ct'`` or ``'ddpm-ct'``, from which diffusion file an official folder holds."""
+def _evidence() -> dict[str, set[str]]:
+    """Per variant, the model files no other variant has (its diffusion UNet, ControlNet, the MR VAE)."""
+    names = {v: set(files.values()) for v, files in OFFICIAL_FILES.items()}
+    return {v: own - set().union(*(o for w, o in names.items() if w != v)) for v, own in names.items()}
+
+
+def official_variants(directory: str | os.PathLike) -> list[str]:
+    """Every variant an official folder holds a file of that is that variant's alone, in table order."""
     d = official_dir(directory) or Path(directory)
-    for variant in ("rflow-ct", "ddpm-ct"):
-        if (d / OFFICIAL_FILES[variant]["unet"]).is_file() or (
-            d / OFFICIAL_FILES[variant]["controlnet"]
-        ).is_file():
-            return variant
-    return "rflow-ct"
+    return [v for v, own in _evidence().items() if any((d / f).is_file() for f in sorted(own))]
+
+
+def official_variant(directory: str | os.PathLike) -> str:
+    """The variant of an official folder (``'rflow-ct'``, ``'ddpm-ct'``, ``'rflow-mr'``, ``'rflow-mr-brain'``) from
+    the files only it uses; the first in table order when several are present; ``'rflow-ct'`` when none is."""
+    found = official_variants(directory)
+    return found[0] if found else "rflow-ct"
 
 
 def official_extras(path: Path) -> dict[str, Any]:
