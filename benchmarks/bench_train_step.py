@@ -26,7 +26,7 @@ def child(args) -> dict:
     from common import maisi_model_set, reference_networks
 
     from maisi.config import preset
-    from maisi.generation.conditioning import binarize_labels
+    from maisi.conditioning import binarize_labels
 
     torch.set_num_threads(args.threads)
     cfg = preset(args.preset)

@@ -139,7 +139,9 @@ def test_info_weights_lists_official_components(tmp_path, capsys):
     models.mkdir()
     _write_official(models, "rflow-ct", cfg, ["vae", "unet"])
     assert main(["info", "--weights", str(tmp_path), "--preset", "tiny"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{tmp_path}: official layout, variant rflow-ct"  # the inventory first, then the loaded networks
+    out = [line for line in printed if line.startswith(("vae ", "unet "))]
     assert len(out) == 2
     assert (
         out[0].startswith("vae")

@@ -31,7 +31,7 @@ def test_generate_starts_from_the_demo_preset_only_for_demo_weights(capsys, tmp_
     assert cli.main(["generate", "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["preset"] == "demo" and cfg["generate"]["output_size"] == [128, 128, 128]
-    assert cli.main(["generate", "--weights", str(tmp_path), "--dry-run"]) == 0
+    assert cli.main(["generate", "--weights", str(DEMO_DIR), "--dry-run"]) == 0  # a folder, not the name demo
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["preset"] == "rflow-ct" and cfg["generate"]["output_size"] == [256, 256, 256]
     assert cli.main(["generate", "--preset", "tiny", "--dry-run"]) == 0
@@ -136,35 +136,32 @@ def test_sizes_requested_with_the_demo_set_get_phantom_masks_and_other_sets_thei
 
     from maisi.config.schema import GenerateConfig
     from maisi.generation.masks import choose_source_kind
+    from maisi.generation.weights import inspect_weights
     from maisi.io import write_json
-    from maisi.networks.model_set import load_model_set
 
     sized = GenerateConfig(organ_sizes={"liver": 0.9})
-    demo = load_model_set(DEMO_DIR, components=["mask_vae", "mask_unet"])
-    response = demo.components["mask_unet"].extra["size_response"]
+    demo = inspect_weights("demo")  # read from the config files, no network loaded
+    response = demo.extras["mask_unet"]["size_response"]
     assert response["anatomy"] == "liver" and response["follows_sizes"] is False
     assert response["mean_spearman"] < 0.8 and len(response["realised_ml"]) == len(response["seeds"]) >= 2
-    assert choose_source_kind(sized, model_set=demo) == "phantom"
-    assert (
-        choose_source_kind(GenerateConfig(organ_sizes={"liver": 0.9}, mask_source="model"), model_set=demo)
-        == "model"
-    )
+    assert choose_source_kind(sized, demo) == "phantom"
+    assert choose_source_kind(GenerateConfig(organ_sizes={"liver": 0.9}, mask_source="model"), demo) == "model"
     mine = shutil.copytree(DEMO_DIR, tmp_path / "mine")
     meta_path = mine / "mask_unet" / "config.json"
     meta = json.loads(meta_path.read_text())
-    assert (
-        choose_source_kind(sized, model_set=load_model_set(mine, components=["mask_vae", "mask_unet"]))
-        == "phantom"
-    )
+    assert choose_source_kind(sized, inspect_weights(mine)) == "phantom"
     for declared in (None, True):
         if declared is None:
             meta["extra"].pop("size_response")
         else:
             meta["extra"]["size_response"] = {**response, "follows_sizes": True}
         write_json(meta_path, meta, overwrite=True)
-        copy = load_model_set(mine, components=["mask_vae", "mask_unet"])
-        assert choose_source_kind(sized, model_set=copy) == "model"
-        assert choose_source_kind(GenerateConfig(), model_set=copy) == "phantom"
+        copy = inspect_weights(mine)
+        assert choose_source_kind(sized, copy) == "model"
+        assert choose_source_kind(GenerateConfig(), copy) == "phantom"
+    # without a mask model the sizes go to phantoms, and the model source is refused before any loading
+    shutil.rmtree(mine / "mask_unet")
+    assert choose_source_kind(sized, inspect_weights(mine)) == "phantom"
 
 
 def test_recipe_overlays_load_over_the_demo_preset():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import reference_pipeline as ref
-from maisi.generation import conditioning
+from maisi import conditioning
 
 
 def test_control_bits_equal_official_for_every_id():

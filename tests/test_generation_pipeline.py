@@ -89,7 +89,7 @@ def test_shards_and_reruns_are_byte_identical(run_a, weights, tmp_path, monkeypa
 def test_batch_of_two_equals_two_single_runs(run_a, weights, tmp_path):
     _, singles = run_a
     batch = generate(
-        request(weights, tmp_path, num_samples=2, **BASE), batch_size=2, write=False, return_unit=True
+        request(weights, tmp_path, num_samples=2, batch_size=2, **BASE), write=False, return_unit=True
     )
     for b, s in zip(batch, singles):
         assert b.metadata["timings_s"]["batch"] == 2
@@ -304,7 +304,7 @@ def test_guidance_uses_the_tumour_free_mask_as_unconditional_control(weights, tm
     assert not torch.allclose(plain, guided)
     # s = 2: uncond + 2 (cond - uncond) = 2 cond - uncond, uncond = (modality 0, tumour-free control)
     from maisi.diffusion import make_denoiser
-    from maisi.generation.conditioning import binarize_labels, spacing_input
+    from maisi.conditioning import binarize_labels, spacing_input
 
     ref_uncond = make_denoiser(
         ms["unet"],
@@ -331,7 +331,7 @@ def test_failed_quality_check_retries_with_a_new_seed_and_mask(run_a, weights, t
 
     monkeypatch.setattr(qc_module, "check_organ_medians", fake_qc)
     cfg = request(weights, tmp_path, qc=True, qc_retries=2, **BASE)
-    s = generate(cfg, weights=str(weights))[0]
+    s = generate(cfg)[0]
     meta = json.loads(Path(s.paths["sidecar"]).read_text())
     assert meta["attempt"] == 1 and meta["qc"]["passed"] is True
     assert [a["passed"] for a in meta["qc"]["attempts"]] == [False, True]

@@ -14,7 +14,8 @@ import torch
 
 from maisi.config import GenerateConfig
 from maisi.errors import DataError, RequestError
-from maisi.generation import conditioning, grid, qc, request, seeds
+from maisi import conditioning
+from maisi.generation import grid, qc, request, seeds
 from maisi.generation.masks import FileMaskSource, PhantomMaskSource, read_user_mask
 from maisi.generation.masks.database import (
     DatabaseMaskSource,

@@ -111,7 +111,7 @@ def test_fused_control_embedding_equals_monai_reference():
     from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
     from monai.networks.blocks.activation import Swish
 
-    from maisi.generation.conditioning import binarize_labels
+    from maisi.conditioning import binarize_labels
     from maisi.networks.builders import ChannelsLastConv3d, build_controlnet
 
     cfg = preset("tiny").model.controlnet

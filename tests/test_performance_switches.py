@@ -81,15 +81,15 @@ def _plain(model_set, **kw):
 
 def _synthesise(model_set, speedups, *, guidance=0.0, tumor=False):
     from maisi.diffusion import randn, scheduler_from_config
-    from maisi.generation.pipeline import _codec
     from maisi.generation.synthesis import synthesise
+    from maisi.latents import LatentCodec
 
     gen = preset("tiny").generate
     noise = randn((1, 4, *(n // 4 for n in SHAPE)), generator=[torch.Generator().manual_seed(3)])
     unit, _ = synthesise(
         model_set,
         scheduler_from_config(model_set.config.scheduler),
-        _codec(model_set, gen, torch.device("cpu")),
+        LatentCodec.from_model_set(model_set, decode_window=gen.decode_window, decode_overlap=gen.decode_overlap),
         [_mask(tumor=tumor)],
         noise,
         steps=STEPS,

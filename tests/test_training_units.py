@@ -13,8 +13,7 @@ from maisi import labels as L
 from maisi.errors import CheckpointError
 from maisi.io import read_torch_file
 from maisi.training import checkpointing as ck
-from maisi.training.conditioning import (
-    SIZE_ABSENT,
+from maisi.conditioning import (
     SIZE_REFERENCE_ML,
     ids_to_mask_channels,
     mask_channels_to_ids,
@@ -128,7 +127,7 @@ def test_scale_factor_pools_many_latents():
 
 
 def test_binary_label_encoding_used_for_training_matches_generation():
-    from maisi.generation.conditioning import binarize_labels
+    from maisi.conditioning import binarize_labels
 
     label = torch.tensor([0, 1, 200, 23]).reshape(1, 1, 1, 1, 4)  # (B, 1, X, Y, Z)
     bits = binarize_labels(label)
@@ -147,7 +146,7 @@ def test_size_vector_from_label():
     assert v[L.SIZE_SLOTS.index("hepatic tumor")] == pytest.approx(
         3 * 0.01 / SIZE_REFERENCE_ML["hepatic tumor"]
     )
-    assert v[L.SIZE_SLOTS.index("stomach")] == SIZE_ABSENT
+    assert v[L.SIZE_SLOTS.index("stomach")] == L.ABSENT_SIZE == -1.0
 
 
 def test_mask_channel_maps_round_trip():

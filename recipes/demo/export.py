@@ -27,7 +27,7 @@ from maisi.data.nifti import load_nifti
 from maisi.errors import MaisiError
 from maisi.io import write_json
 from maisi.networks.model_set import ModelSet, load_model_set, save_model_set
-from maisi.training.conditioning import size_vector_from_label
+from maisi.conditioning import size_vector_from_label
 from maisi.training.datasets import find_cases
 
 IMAGE = ("vae", "unet", "controlnet")

@@ -46,6 +46,9 @@ TUMOR_HOSTS: dict[int, tuple[int, ...]] = {
 LUNG_LOBES: tuple[int, ...] = (28, 29, 30, 31, 32)
 VERTEBRAE: tuple[int, ...] = tuple(range(33, 57)) + (127,)
 RIBS: tuple[int, ...] = tuple(range(63, 87))
+#: Every bone: vertebrae and sacrum, ribs, and the other bones (hips, femurs, humeri, scapulae, clavicles,
+#: sternum, skull, costal cartilages), as the official quality check groups them.
+BONES: tuple[int, ...] = tuple(range(33, 57)) + tuple(range(63, 98)) + (120, 122, 127)
 #: Large organs used for mask-image consistency figures.
 LARGE_ORGANS: dict[str, tuple[int, ...]] = {
     "liver": (1,),
@@ -54,6 +57,15 @@ LARGE_ORGANS: dict[str, tuple[int, ...]] = {
     "lungs": LUNG_LOBES,
     "vertebrae": VERTEBRAE,
 }
+
+#: Size-vector value of an organ or tumour whose size is not requested (or, measured, absent).
+ABSENT_SIZE = -1.0
+
+
+def size_is_set(value: float) -> bool:
+    """Whether a size-vector value requests (or records) a size, i.e. is not :data:`ABSENT_SIZE`."""
+    return float(value) != ABSENT_SIZE
+
 
 #: Slots of the 10-value organ/tumor size vector that conditions the mask-generation model.
 SIZE_SLOTS: tuple[str, ...] = (
@@ -145,7 +157,7 @@ def regions_of(label_map: np.ndarray) -> tuple[int, int]:
     return found[0], found[-1]
 
 
-def size_vector(sizes: Mapping[str, float], *, default: float = -1.0) -> list[float]:
+def size_vector(sizes: Mapping[str, float], *, default: float = ABSENT_SIZE) -> list[float]:
     """Order a name -> size mapping into the 10-slot size vector; unknown names raise naming them."""
     unknown = [k for k in sizes if k not in SIZE_SLOTS]
     if unknown:

@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -142,12 +142,14 @@ class LatentCodec:
         self._weights: dict[tuple[Window, str], torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, cfg: Config, *, vae: nn.Module, **options) -> LatentCodec:
-        """Codec for a :class:`maisi.config.Config`: scale factor and downsampling from ``cfg.model.vae``,
-        windows and overlaps from ``cfg.data`` (encode) and ``cfg.generate`` (decode); ``options`` override."""
+    def from_config(cls, cfg: Config, *, vae: nn.Module, component: str = "vae", **options) -> LatentCodec:
+        """Codec for a :class:`maisi.config.Config`: scale factor and downsampling from ``cfg.model.<component>``
+        (``vae`` or ``mask_vae``), windows and overlaps from ``cfg.data`` (encode) and ``cfg.generate`` (decode);
+        ``options`` override."""
+        vae_cfg = getattr(cfg.model, component)
         kwargs = dict(
-            scale_factor=cfg.model.vae.scale_factor,
-            downsample=2 ** (len(cfg.model.vae.num_channels) - 1),
+            scale_factor=vae_cfg.scale_factor,
+            downsample=vae_cfg.downsample,
             decode_window=cfg.generate.decode_window,
             decode_overlap=cfg.generate.decode_overlap,
             encode_window=cfg.data.encode_window,
@@ -155,6 +157,19 @@ class LatentCodec:
         )
         kwargs.update(options)
         return cls(vae=vae, **kwargs)
+
+    @classmethod
+    def from_model_set(cls, model_set: Any, *, component: str = "vae", **options) -> LatentCodec:
+        """Codec of a loaded model set's ``component`` (``vae`` or ``mask_vae``): its network, its scale factor and
+        downsampling from the set's config (the official scale factors were translated into it at load);
+        ``options`` (windows, overlaps, device, dtype) as in the constructor."""
+        vae_cfg = getattr(model_set.config, component)
+        return cls(
+            vae=model_set[component],
+            scale_factor=vae_cfg.scale_factor,
+            downsample=vae_cfg.downsample,
+            **options,
+        )
 
     @property
     def latent_channels(self) -> int:

@@ -41,5 +41,6 @@ def resolve_config(args: argparse.Namespace, extra: dict | None = None) -> Confi
     return apply_overlay(cfg, parse_assignments(args.overrides), source="command line")
 
 
-def print_config(cfg: Config) -> None:
-    print(json.dumps(to_dict(cfg), indent=2))
+def print_config(cfg: Config, **extra: object) -> None:
+    """The resolved config as JSON; ``extra`` sections (e.g. a run's ``plan``) are printed beside it."""
+    print(json.dumps({**to_dict(cfg), **extra}, indent=2))

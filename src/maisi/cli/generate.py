@@ -38,6 +38,7 @@ _FIELDS = {
     "qc_retries": "qc_retries",
     "decode_window": "decode_window",
     "decode_overlap": "decode_overlap",
+    "batch_size": "batch_size",
 }
 
 
@@ -89,7 +90,7 @@ def register(subparsers) -> None:
         "--decode-window", nargs=3, type=int, metavar=("X", "Y", "Z"), help="decode window (latent voxels)"
     )
     s.add_argument("--decode-overlap", type=float, metavar="F")
-    s.add_argument("--batch-size", type=int, default=1, metavar="B", help="samples sampled together")
+    s.add_argument("--batch-size", type=int, metavar="B", help="samples sampled together")
     r = p.add_argument_group("running and output")
     r.add_argument("--device", metavar="cpu|cuda|mps")
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -124,6 +125,8 @@ def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
         gen["qc"] = False
     if args.no_preview:
         gen["preview"] = False
+    if args.mask is not None and (args.output_size is not None or args.spacing is not None):
+        gen["fit_mask"] = True  # a grid asked for beside a mask: fit the mask to it
     out: dict[str, Any] = {"generate": gen} if gen else {}
     if args.label_set is not None:
         out["data"] = {"label_set": args.label_set}
@@ -131,20 +134,20 @@ def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maisi.generation import generate
+    from maisi.generation import plan_generation, stream
 
-    if args.preset is None and (args.weights or "demo") == "demo":
+    if args.preset is None and not args.config and (args.weights or "demo") == "demo":
         args.preset = "demo"  # the shipped model set's networks and request defaults (128^3 at 3 mm)
     cfg = resolve_config(args, overlay_from_args(args))
     if args.dry_run:
-        print_config(cfg)
+        print_config(cfg, plan=plan_generation(cfg).describe())
         return 0
-    fit = cfg.generate.mask is not None and (args.output_size is not None or args.spacing is not None)
-    samples = generate(cfg, batch_size=args.batch_size, fit_mask_to_request=fit, progress=args.progress)
-    for s in samples:
+    made = 0
+    for s in stream(cfg, progress=args.progress, keep_arrays=False):
         qc = s.metadata["qc"]
         state = "qc off" if not qc["enabled"] else "qc passed" if qc["passed"] else "qc FAILED (kept)"
-        print(f"sample {s.index}: {s.paths.get('image')} {s.paths.get('label')} ({state})")
-    if not samples:
+        print(f"sample {s.index}: {s.paths.get('image')} {s.paths.get('label')} ({state})", flush=True)
+        made += 1
+    if not made:
         print(f"nothing to do: every sample is already in {cfg.generate.output_dir}")
     return 0

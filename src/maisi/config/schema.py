@@ -47,6 +47,11 @@ class VAEConfig:
     dim_split: int = 1
     scale_factor: float = 1.0
 
+    @property
+    def downsample(self) -> int:
+        """Image / latent size ratio per axis: every level after the first halves the resolution."""
+        return 2 ** (len(self.num_channels) - 1)
+
 
 @dataclass
 class UNetConfig:
@@ -252,6 +257,8 @@ class GenerateConfig:
     anatomy: tuple[str, ...] = ()
     organ_sizes: dict[str, float] = field(default_factory=dict)
     mask: str | None = None
+    #: fit a user mask to ``output_size`` / ``spacing`` (else it keeps its field of view, on the nearest valid grid)
+    fit_mask: bool = False
     mask_source: Literal["auto", "file", "database", "model", "phantom"] = "auto"
     mask_database: str | None = None
     keep_only: tuple[str, ...] = ()
@@ -263,6 +270,8 @@ class GenerateConfig:
     controlnet_scale: float = 1.0
     modality: str = "ct"
     seed: int = 0
+    #: samples sampled together (equal to single runs up to float rounding)
+    batch_size: int = 1
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     weights: str = "demo"

@@ -68,13 +68,7 @@ def evaluate_recon(
 
     model_set = load_model_set(weights, components=["vae"], device=device)
     vae_cfg = model_set.config.vae
-    codec = LatentCodec(
-        vae=model_set["vae"],
-        scale_factor=vae_cfg.scale_factor,
-        downsample=2 ** (len(vae_cfg.num_channels) - 1),
-        device=device,
-        **(codec_options or {}),
-    )
+    codec = LatentCodec.from_model_set(model_set, device=device, **(codec_options or {}))
     cases = find_cases(data)[: max_cases or None]
     if progress:
         from tqdm.auto import tqdm

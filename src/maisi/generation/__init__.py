@@ -19,7 +19,8 @@ from maisi.generation.masks import (
     PhantomMaskSource,
     make_mask_source,
 )
-from maisi.generation.pipeline import Sample, generate
+from maisi.generation.pipeline import Sample, generate, stream
+from maisi.generation.plan import Plan, plan_generation
 from maisi.generation.request import validate_request
 
 __all__ = [
@@ -27,8 +28,11 @@ __all__ = [
     "MaskSample",
     "MaskSource",
     "PhantomMaskSource",
+    "Plan",
     "Sample",
     "generate",
+    "plan_generation",
+    "stream",
     "make_mask_source",
     "validate_request",
 ]

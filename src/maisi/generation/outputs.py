@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,9 @@ def write_sample(
 ) -> dict[str, str]:
     """Write the files of one sample (sidecar last); returns ``{kind: path}``.
 
+    The time the image, label and preview took is recorded into ``sidecar["timings_s"]["write_s"]`` and the file
+    names into ``sidecar["files"]`` before the sidecar is written, so ``sidecar`` ends equal to the file's content.
+
     Args:
         image: (X, Y, Z) int16 HU (or float32 for non-CT modalities).
         label: (X, Y, Z) uint8 MAISI ids (as written: full or filtered).
@@ -90,6 +95,7 @@ def write_sample(
     from maisi.data.nifti import save_nifti
     from maisi.generation.preview import preview_png
 
+    start = time.perf_counter()
     written = {}
     save_nifti(paths["image"], image, affine, dtype=image.dtype)
     written["image"] = str(paths["image"])
@@ -100,5 +106,66 @@ def write_sample(
         atomic_write(paths["preview"], lambda tmp: tmp.write_bytes(png))
         written["preview"] = str(paths["preview"])
     written["sidecar"] = str(paths["sidecar"])
-    write_json(paths["sidecar"], {**sidecar, "files": {k: Path(v).name for k, v in written.items()}})
+    sidecar.setdefault("timings_s", {})["write_s"] = round(time.perf_counter() - start, 4)
+    sidecar["files"] = {k: Path(v).name for k, v in written.items()}
+    write_json(paths["sidecar"], sidecar)
     return written
+
+
+class BackgroundWriter:
+    """Writes finished samples one at a time in a background thread (compression releases the GIL, so the next
+    sample is sampled and decoded meanwhile), or inline.
+
+    :meth:`submit` first waits for the write before it, so at most one sample is being written while the next
+    is made (memory does not grow with the number of samples) and a failed write stops the run at the next
+    sample, re-raised from :meth:`submit` or :meth:`finish`.
+    """
+
+    def __init__(self, write: Callable[[Any], Any], *, background: bool) -> None:
+        self.write = write
+        self.pool: Any = None
+        self.pending: tuple[Any, Any] | None = None  # (item, future)
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maisi-write")
+
+    def submit(self, item: Any) -> list[Any]:
+        """Write ``item`` (inline or in the background); returns the items whose writes completed."""
+        done = self.finish()
+        if self.pool is None:
+            self.write(item)
+            return [*done, item]
+        self.pending = (item, self.pool.submit(self.write, item))
+        return done
+
+    def finish(self) -> list[Any]:
+        """Wait for the write in flight; returns its item (re-raising its error)."""
+        if self.pending is None:
+            return []
+        item, future = self.pending
+        self.pending = None
+        future.result()
+        return [item]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+def write_run_config(cfg: Any, output_dir: str | os.PathLike) -> None:
+    """The resolved config beside the samples: ``maisi generate --config DIR/config.json`` makes the same samples.
+    Written atomically; rewritten when a later run into the folder was resolved differently."""
+    from maisi.config import to_dict
+    from maisi.errors import MaisiError
+    from maisi.io import read_json
+
+    path = Path(output_dir) / "config.json"
+    resolved = to_dict(cfg)
+    if path.is_file():
+        try:
+            if read_json(path) == resolved:
+                return
+        except MaisiError:
+            pass  # unreadable: replaced below
+    write_json(path, resolved, overwrite=True)

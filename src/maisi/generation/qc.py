@@ -22,7 +22,7 @@ ORGAN_IDS: dict[str, tuple[int, ...]] = {
     "kidney": (5, 14),
     "lung": labels.LUNG_LOBES,
     "brain": (22,),
-    "bone": tuple(range(33, 57)) + tuple(range(63, 98)) + (120, 122, 127),
+    "bone": labels.BONES,
 }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from maisi import labels, resources
 from maisi.config.schema import GenerateConfig
 from maisi.errors import RequestError
+from maisi.runtime import compute_dtype
 
 #: each output axis must be a multiple of this (latent / 8 for the UNet, x4 for the VAE)
 SIZE_MULTIPLE = 32
@@ -27,7 +28,6 @@ SPACING_Z_MM = (0.5, 5.0)
 MIN_FOV_XY_MM = 256.0
 #: largest size per axis the official model was trained for (512 x 512 x 768); larger is allowed with a warning
 MAX_SIZE = (512, 512, 768)
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -125,12 +125,12 @@ def check_organ_sizes(sizes: dict[str, float], *, source: str = "organ_sizes") -
                 f"{source}: {name!r} is not a controllable anatomy (controllable: {', '.join(labels.SIZE_SLOTS)}){hint}"
             )
         v = float(value)
-        if v != -1.0 and not 0.0 <= v <= 1.0:
+        if labels.size_is_set(v) and not 0.0 <= v <= 1.0:
             raise RequestError(
                 f"{source}: {name}={v:g} must be in [0, 1] (relative size) or -1 (unspecified)"
             )
         out[key] = v
-    tumors = [n for n, v in out.items() if n in labels.TUMORS and v != -1.0]
+    tumors = [n for n, v in out.items() if n in labels.TUMORS and labels.size_is_set(v)]
     if len(tumors) > 1:
         raise RequestError(f"{source}: only one tumour size can be controlled at a time, got {tumors}")
     return out
@@ -172,6 +172,12 @@ def validate_request(gen: GenerateConfig, *, check_grid: bool = True) -> Checked
     checked = Checked()
     if gen.num_samples < 1:
         raise RequestError(f"num_samples must be >= 1, got {gen.num_samples}")
+    if gen.seed < 0:
+        raise RequestError(f"seed must be >= 0, got {gen.seed}")
+    if gen.batch_size < 1:
+        raise RequestError(f"batch_size must be >= 1, got {gen.batch_size}")
+    if not str(gen.output_dir).strip():
+        raise RequestError("output_dir is empty; pass --output-dir DIR")
     if gen.steps < 1:
         raise RequestError(f"steps must be >= 1, got {gen.steps}")
     if gen.mask_steps < 1:
@@ -182,8 +188,7 @@ def validate_request(gen: GenerateConfig, *, check_grid: bool = True) -> Checked
         raise RequestError(f"controlnet_scale must be > 0, got {gen.controlnet_scale}")
     if gen.qc_retries < 0:
         raise RequestError(f"qc_retries must be >= 0, got {gen.qc_retries}")
-    if gen.dtype not in DTYPES:
-        raise RequestError(f"dtype must be one of {list(DTYPES)}, got {gen.dtype!r}")
+    compute_dtype(gen.dtype)
     if not 0.0 <= gen.decode_overlap < 1.0:
         raise RequestError(f"decode_overlap must be in [0, 1), got {gen.decode_overlap}")
     if any(int(w) < 1 for w in gen.decode_window):

@@ -7,7 +7,6 @@ other samples; quality-check retries (``attempt`` > 0) get fresh, equally reprod
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,16 +29,6 @@ def derive_seed(seed: int, index: int, attempt: int = 0, *, stream: str = "noise
 def torch_generator(seed: int) -> torch.Generator:
     """A CPU generator: noise is drawn on the CPU so a seed gives the same sample on every device."""
     return torch.Generator(device="cpu").manual_seed(int(seed))
-
-
-def dist_env() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` outside it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"invalid torchrun environment: RANK={rank}, WORLD_SIZE={world}")
-    return rank, world, local
 
 
 def shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:

@@ -1,37 +1,21 @@
 """The JSON sidecar of a generated sample: everything needed to know how it was made and to make it again.
 
-Keys: version, index, base seed, attempt and the derived seeds, the full request, a digest of what determines the
-sample (request minus output folder/count/device, weights identity, index), scheduler and latent scale, weights
+Keys: version, index, base seed, attempt and the seeds its draws used, the full request, a digest of what determines
+the sample (request minus output folder/count/device, weights identity, index), scheduler and latent scale, weights
 identity, mask source and what was changed to fit it, output grid, quality check with every attempt, requested vs
-realised organ sizes, the volume of every label, timings, device, rank and warnings.
+realised organ sizes, the volume of every label, timings, device, rank and warnings. Everything here was recorded
+while the sample was made (:class:`Outcome`); nothing is derived again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from maisi import labels
-from maisi.config.schema import GenerateConfig
 from maisi.generation.masks.base import MaskSample
-from maisi.generation.request import fov_warnings
-from maisi.generation.seeds import derive_seed
-
-#: request keys that do not change what a sample is (left out of the request digest)
-NOT_IDENTITY = ("output_dir", "num_samples", "device", "preview")
-
-
-def request_digest(gen: GenerateConfig, weights: dict[str, Any], index: int) -> str:
-    """SHA-256 over what determines sample ``index``: the request (minus output folder / count) and the weights."""
-    from maisi.config import to_dict
-
-    request = {k: v for k, v in to_dict(gen).items() if k not in NOT_IDENTITY}
-    blob = json.dumps({"request": request, "weights": weights, "index": index}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def organ_sizes(
@@ -52,53 +36,53 @@ def organ_sizes(
 
 @dataclass
 class Outcome:
-    """What one sample ended with: its last attempt's mask, image and checks."""
+    """What one sample ended with: its last attempt's mask, image, checks and the facts recorded on the way.
+
+    Attributes:
+        seeds: the seed of each random stream the last attempt drew from (None: a stream not drawn from).
+        history: one record per attempt (``attempt``, ``passed``, ``mask_source``).
+        warnings: what differs from the request or from the trained range (grid changes, field of view).
+    """
 
     index: int
     attempt: int
+    seeds: dict[str, int | None]
     mask: MaskSample
     image: np.ndarray
     qc: dict[str, Any] | None
     history: list[dict[str, Any]]
     timings: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
 
-def build_sidecar(
-    o: Outcome,
-    *,
-    gen: GenerateConfig,
-    model_config: Any,
-    weights: dict[str, Any],
-    keep_ids: list[int],
-    noise_source: str | None,
-    device: str,
-    rank: int,
-    world: int,
-) -> dict[str, Any]:
-    """The sidecar content of one sample."""
+def build_sidecar(o: Outcome, *, plan: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar content of one sample.
+
+    Args:
+        plan: the run's :class:`~maisi.generation.plan.Plan`.
+        run: facts of the run known once: ``model_config``, ``weights`` (identity), ``digest`` (this sample's),
+            ``noise_source``.
+    """
     from maisi import __version__
     from maisi.config import to_dict
 
-    label = o.mask.label
+    gen, label = plan.request, o.mask.label
     sizes, volumes = organ_sizes(gen.organ_sizes, o.mask, label)
-    seeds = {s: derive_seed(gen.seed, o.index, o.attempt, stream=s) for s in ("noise", "mask", "sampler")}
-    if noise_source is not None:
-        seeds["noise"] = None
     qc = o.qc
     return {
         "maisi_version": __version__,
         "index": o.index,
         "seed": gen.seed,
         "attempt": o.attempt,
-        "seeds": seeds,
-        "initial_noise": noise_source,
+        "seeds": dict(o.seeds),
+        "initial_noise": run["noise_source"],
         "request": to_dict(gen),
-        "request_digest": request_digest(gen, weights, o.index),
+        "request_digest": run["digest"],
         "model": {
-            "scheduler": to_dict(model_config.scheduler),
-            "scale_factor": model_config.vae.scale_factor,
+            "scheduler": to_dict(run["model_config"].scheduler),
+            "scale_factor": run["model_config"].vae.scale_factor,
         },
-        "weights": weights,
+        "weights": run["weights"],
         "mask": {"source": o.mask.source, "info": o.mask.info, "changes": o.mask.changes},
         "output": {
             "size": list(label.shape),
@@ -106,7 +90,7 @@ def build_sidecar(
             "affine": o.mask.affine.tolist(),
             "image_dtype": str(o.image.dtype),
             "label_ids": "MAISI",
-            "keep_only": [labels.name_of(i) for i in keep_ids],
+            "keep_only": [labels.name_of(i) for i in plan.keep_ids],
         },
         "qc": {
             "enabled": qc is not None,
@@ -117,9 +101,9 @@ def build_sidecar(
         "organ_sizes": sizes,
         "volumes_ml": volumes,
         "timings_s": o.timings,
-        "device": device,
+        "device": plan.device,
         "dtype": gen.dtype,
-        "rank": rank,
-        "world_size": world,
-        "warnings": fov_warnings(label.shape, o.mask.spacing) + o.mask.changes,
+        "rank": plan.process.rank,
+        "world_size": plan.process.world_size,
+        "warnings": list(o.warnings),
     }

@@ -18,25 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from maisi.errors import RequestError
-from maisi.generation.conditioning import (
+from maisi.conditioning import (
     binarize_labels,
     region_input,
     regions_for,
     spacing_input,
     without_tumors,
 )
+from maisi.errors import RequestError
 from maisi.generation.masks.base import MaskSample
 from maisi.performance import Speedups, accelerate
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def latent_shape(model_set: Any, size: Sequence[int]) -> tuple[int, ...]:
-    """``(C, X/d, Y/d, Z/d)`` of the image latent for an output ``size``."""
-    vae = model_set.config.vae
-    d = 2 ** (len(vae.num_channels) - 1)
-    return (int(vae.latent_channels), *(int(s) // d for s in size))
+from maisi.runtime import compute_dtype
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -137,7 +129,7 @@ def synthesise(
         guidance=guidance,
         requested_regions=requested_regions,
         device=device,
-        dtype=DTYPES[dtype],
+        dtype=compute_dtype(dtype),
         controlnet_scale=controlnet_scale,
     )
     with accelerate(sampling_networks(model_set, codec), speedups, device=device):

@@ -1,4 +1,5 @@
-"""Which weights a request names, loading the components generation needs, and their identity for the sidecar.
+"""Which weights a request names, what that folder holds (read without loading a network), loading the components
+a plan needs, and their identity for the sidecar.
 
 ``--weights`` takes ``demo`` (the small model set shipped in ``maisi/demo/``), ``rflow-ct`` / ``ddpm-ct`` (the
 official checkpoints fetched by ``maisi download`` into ``$MAISI_HOME/<name>`` or ``~/.cache/maisi/<name>``), or a
@@ -8,14 +9,15 @@ folder in maisi's own layout (a training run's ``model/``) or NVIDIA's layout.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maisi.errors import CheckpointError
+from maisi.errors import CheckpointError, RequestError
 from maisi.io import sha256_file
 
-#: generation always needs these; the mask-generation model only for the ``model`` mask source
+#: paired generation needs these; the mask-generation model only for the ``model`` mask source
 IMAGE_COMPONENTS = ("vae", "unet", "controlnet")
 MASK_COMPONENTS = ("mask_vae", "mask_unet")
 NAMED = ("rflow-ct", "ddpm-ct")
@@ -51,8 +53,91 @@ def resolve_weights(name: str | os.PathLike) -> Path:
     return d
 
 
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What a weights folder holds, known before any network is loaded.
+
+    Attributes:
+        root: the folder.
+        layout: ``"maisi"`` (component folders) or ``"official"`` (NVIDIA ``.pt`` files).
+        variant: the official variant (``rflow-ct``, ``ddpm-ct``), None for maisi folders.
+        paths: component -> its folder (maisi) or file (official), for the components present.
+        extras: component -> the facts its maisi ``config.json`` declares besides the network (``extra``).
+    """
+
+    root: Path
+    layout: str
+    variant: str | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def components(self) -> frozenset[str]:
+        return frozenset(self.paths)
+
+    @property
+    def has_mask_model(self) -> bool:
+        return all(c in self.paths for c in MASK_COMPONENTS)
+
+    @property
+    def mask_model_follows_sizes(self) -> bool:
+        """Whether the mask model follows the size vector, as its weights declare (the ``size_response`` extra of
+        ``mask_unet``, written by :func:`maisi.evaluation.size.mask_model_size_response`, e.g. by the demo
+        recipe's export). Weights that declare nothing (the official ones) are taken to follow it."""
+        response = self.extras.get("mask_unet", {}).get("size_response")
+        return not isinstance(response, dict) or bool(response.get("follows_sizes", True))
+
+    def identity(self, components: Iterable[str]) -> dict[str, Any]:
+        """What identifies the weights a sample was made with: folder, layout, and per component its path, the
+        SHA-256 of its ``config.json`` (maisi layout) and the weight file's size in bytes."""
+        out: dict[str, Any] = {"path": str(self.root.resolve()), "layout": self.layout, "components": {}}
+        for name in sorted(components):
+            path = self.paths[name]
+            entry: dict[str, Any] = {"path": str(path)}
+            if path.is_dir():
+                cfg, weights = path / "config.json", path / "model.safetensors"
+                if cfg.is_file():
+                    entry["config_sha256"] = sha256_file(cfg)
+                if weights.is_file():
+                    entry["weights_bytes"] = weights.stat().st_size
+            elif path.is_file():
+                entry["weights_bytes"] = path.stat().st_size
+            out["components"][name] = entry
+        return out
+
+
+def inspect_weights(name: str | os.PathLike) -> WeightsInfo:
+    """Describe a weights folder (layout, components, declared facts) without loading any network."""
+    from maisi.networks.builders import COMPONENTS
+    from maisi.networks.checkpoint import CONFIG_NAME, read_component_config
+    from maisi.networks.model_set import detect_layout
+    from maisi.networks.official import OFFICIAL_FILES, official_dir, official_variant
+
+    d = resolve_weights(name)
+    if detect_layout(d) == "maisi":
+        paths = {c: d / c for c in COMPONENTS if (d / c / CONFIG_NAME).is_file()}
+        extras = {c: dict(read_component_config(p).get("extra", {})) for c, p in paths.items()}
+        return WeightsInfo(root=d, layout="maisi", paths=paths, extras=extras)
+    odir, variant = official_dir(d), official_variant(d)
+    files = OFFICIAL_FILES[variant]
+    paths = {c: odir / f for c, f in files.items() if odir is not None and (odir / f).is_file()}
+    return WeightsInfo(root=d, layout="official", variant=variant, paths=paths)
+
+
+def describe_model_set(model_set: Any) -> WeightsInfo:
+    """The :class:`WeightsInfo` of an already loaded model set (its loaded components only)."""
+    return WeightsInfo(
+        root=Path(model_set.root),
+        layout=model_set.layout,
+        paths={n: Path(c.path) for n, c in model_set.components.items()},
+        extras={
+            n: dict(c.extra or {}) for n, c in model_set.components.items() if model_set.layout == "maisi"
+        },
+    )
+
+
 def load_weights(
-    name: str | os.PathLike,
+    info: WeightsInfo | str | os.PathLike,
     *,
     components: Iterable[str] = IMAGE_COMPONENTS,
     base: Any = None,
@@ -61,63 +146,59 @@ def load_weights(
     """Load the named components of a weights folder strictly (see :func:`maisi.networks.model_set.load_model_set`).
 
     Args:
+        info: the folder (:func:`inspect_weights`) or a weights name.
         base: network config for official files (a :class:`~maisi.config.schema.ModelConfig`); ignored for
-            maisi folders, whose config travels with the weights.
+            maisi folders, whose config travels with the weights, and when it is of another official variant.
     """
-    from maisi.networks.model_set import detect_layout, load_model_set
-    from maisi.networks.official import official_variant
+    from maisi.config.presets import preset
+    from maisi.networks.model_set import load_model_set
 
-    d = resolve_weights(name)
-    layout = detect_layout(d)
-    if layout == "official" and base is not None:
-        from maisi.config.presets import preset
-
-        # a base config of the other variant would not match the files
-        if _same_unet(base, preset(official_variant(d)).model) is False:
-            base = None
+    if not isinstance(info, WeightsInfo):
+        info = inspect_weights(info)
+    if info.layout == "official" and base is not None:
+        other = preset(info.variant).model
+        if (
+            base.include_body_region != other.include_body_region
+            or base.scheduler.kind != other.scheduler.kind
+        ):
+            base = None  # a base config of the other variant would not match the files
     return load_model_set(
-        d, components=list(components), base=base if layout == "official" else None, device=device
+        info.root,
+        components=list(components),
+        base=base if info.layout == "official" else None,
+        device=device,
     )
 
 
-def _same_unet(a: Any, b: Any) -> bool:
-    return a.include_body_region == b.include_body_region and a.scheduler.kind == b.scheduler.kind
+def check_model_keys(cfg: Any, model_set: Any, components: Sequence[str]) -> None:
+    """A maisi weights folder brings its own network and scheduler settings: ``model.*`` settings of the config
+    that differ from both its preset and the weights' would silently not apply, so they are refused."""
+    from maisi.config.loading import to_dict
+    from maisi.config.presets import preset
 
+    if model_set.layout != "maisi":
+        return
 
-def available_components(name: str | os.PathLike) -> set[str]:
-    """Components present in a weights folder (without loading them)."""
-    from maisi.networks.builders import COMPONENTS
-    from maisi.networks.checkpoint import CONFIG_NAME
-    from maisi.networks.model_set import detect_layout
-    from maisi.networks.official import OFFICIAL_FILES, official_dir, official_variant
+    def flat(d: Any, prefix: str = "model") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}.{k}").items()}
 
-    d = resolve_weights(name)
-    if detect_layout(d) == "maisi":
-        return {c for c in COMPONENTS if (d / c / CONFIG_NAME).is_file()}
-    odir = official_dir(d)
-    files = OFFICIAL_FILES[official_variant(d)]
-    return {c for c, f in files.items() if odir is not None and (odir / f).is_file()}
-
-
-def weights_identity(model_set: Any) -> dict[str, Any]:
-    """What identifies the weights a sample was made with: folder, layout, and per component the SHA-256 of its
-    ``config.json`` (maisi layout) plus the weight file's size in bytes."""
-    out: dict[str, Any] = {
-        "path": str(Path(model_set.root).resolve()),
-        "layout": model_set.layout,
-        "components": {},
-    }
-    for name, comp in sorted(model_set.components.items()):
-        path = Path(comp.path)
-        entry: dict[str, Any] = {"path": str(path)}
-        if path.is_dir():
-            cfg = path / "config.json"
-            weights = path / "model.safetensors"
-            if cfg.is_file():
-                entry["config_sha256"] = sha256_file(cfg)
-            if weights.is_file():
-                entry["weights_bytes"] = weights.stat().st_size
-        elif path.is_file():
-            entry["weights_bytes"] = path.stat().st_size
-        out["components"][name] = entry
-    return out
+    mine, base = flat(to_dict(cfg.model)), flat(to_dict(preset(cfg.preset).model))
+    theirs = flat(to_dict(model_set.config))
+    parts = (
+        set(components)
+        | {"scheduler"}
+        | ({"mask_scheduler", "mask_latent_shape"} if "mask_unet" in components else set())
+    )
+    ignored = sorted(
+        k
+        for k in mine
+        if k.split(".")[1] in parts and mine[k] != base.get(k) and mine[k] != theirs.get(k, mine[k])
+    )
+    if ignored:
+        raise RequestError(
+            f"{', '.join(ignored)}: {model_set.root} is a maisi weights folder, whose network and scheduler "
+            f"settings come from its own config.json, so model.* settings that differ from it do not apply; "
+            f"drop them (or edit that config.json)"
+        )

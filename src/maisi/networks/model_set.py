@@ -7,7 +7,6 @@ config and the latent scale factors (``vae.scale_factor``, ``mask_vae.scale_fact
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,14 +19,10 @@ from maisi.config.loading import build_dataclass, to_dict
 from maisi.config.presets import preset
 from maisi.config.schema import ModelConfig
 from maisi.errors import CheckpointError
+from maisi.io import read_json
 from maisi.networks.builders import COMPONENTS
 from maisi.networks.checkpoint import CONFIG_NAME, Component, load_component, save_component
-from maisi.networks.official import (
-    SCALE_FACTOR_OWNERS,
-    load_official_components,
-    official_dir,
-    official_variant,
-)
+from maisi.networks.official import load_official_components, official_dir, official_variant
 
 
 @dataclass
@@ -74,28 +69,15 @@ def _load_maisi_components(
         if (wanted is None and (sub / CONFIG_NAME).is_file()) or (wanted is not None and name in wanted):
             loaded[name] = load_component(sub, device=device, fast=fast)
             cfg = dataclasses.replace(cfg, **{name: loaded[name].config})
-    for vae_name, unet_name in SCALE_FACTOR_OWNERS:
-        extra = loaded[unet_name].extra if unet_name in loaded else {}
-        if (
-            vae_name not in loaded and "scale_factor" in extra
-        ):  # folders written before the model-level config
-            vae_cfg = dataclasses.replace(getattr(cfg, vae_name), scale_factor=float(extra["scale_factor"]))
-            cfg = dataclasses.replace(cfg, **{vae_name: vae_cfg})
     top = d / CONFIG_NAME
     if (
         top.is_file()
     ):  # model-level facts (schedulers, scale factors, mask latent shape) saved by save_model_set
-        try:
-            meta = json.loads(top.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{top}: not valid JSON ({e.msg})") from None
-        model_meta = {k: v for k, v in meta.get("model", {}).items() if k not in COMPONENTS}
+        meta = read_json(top, error=CheckpointError, what="model-set config")
+        # the loaded components' configs come from their own folders; the rest (a VAE's scale factor when only
+        # its UNet is loaded) from here
+        model_meta = {k: v for k, v in meta.get("model", {}).items() if k not in loaded}
         cfg = build_dataclass(ModelConfig, model_meta, f"{top}: model", base=cfg)
-        for vae_name, _ in SCALE_FACTOR_OWNERS:
-            saved = meta.get("model", {}).get(vae_name, {}).get("scale_factor")
-            if vae_name not in loaded and saved is not None:
-                vae_cfg = dataclasses.replace(getattr(cfg, vae_name), scale_factor=float(saved))
-                cfg = dataclasses.replace(cfg, **{vae_name: vae_cfg})
     return cfg, loaded
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from maisi import labels
 from maisi.config.schema import GenerateConfig
 from maisi.errors import RequestError
 from maisi.generation.masks.base import MaskSource
@@ -11,79 +12,80 @@ from maisi.generation.masks.file import FileMaskSource
 from maisi.generation.masks.phantom import PhantomMaskSource
 from maisi.generation.request import check_output_size, check_spacing
 
-
-def has_mask_model(model_set: Any) -> bool:
-    return model_set is not None and "mask_vae" in model_set and "mask_unet" in model_set
-
-
-def mask_model_follows_sizes(model_set: Any) -> bool:
-    """Whether the mask model of ``model_set`` follows the size vector, as its weights declare: the ``mask_unet``
-    component's ``size_response`` extra (written by :func:`maisi.evaluation.size.mask_model_size_response`, e.g.
-    by the demo recipe's export). Weights that declare nothing (the official ones) are taken to follow it."""
-    comp = model_set.components.get("mask_unet") if has_mask_model(model_set) else None
-    response = (comp.extra or {}).get("size_response") if comp is not None else None
-    return not isinstance(response, dict) or bool(response.get("follows_sizes", True))
+if TYPE_CHECKING:
+    from maisi.generation.weights import WeightsInfo
 
 
-def choose_source_kind(gen: GenerateConfig, *, model_set: Any = None) -> str:
-    """``file`` when a mask is given, ``database`` when a database is given, ``model`` when organ sizes are
-    requested and the weights include a mask-generation model that follows them, else ``phantom``.
+#: mask sources that draw their own map (all but a user's file)
+KINDS = ("file", "database", "model", "phantom")
 
-    A mask model whose weights declare that it does not follow the size vector (the demo set's, trained on 40 maps
-    on a CPU: ``mask_unet`` extra ``size_response``) gives way to phantom masks, which honour sizes exactly.
-    ``--mask-source model`` still selects it."""
+
+def choose_source_kind(gen: GenerateConfig, weights: WeightsInfo | None) -> str:
+    """The mask source of a request, decided once (by :func:`maisi.generation.plan.plan_generation`).
+
+    ``file`` when a mask is given, ``database`` when a database is given, ``model`` when organ sizes are requested
+    and the weights include a mask-generation model that follows them, else ``phantom``. A mask model whose weights
+    declare that it does not follow the size vector (the demo set's, trained on 40 maps on a CPU: ``mask_unet``
+    extra ``size_response``) gives way to phantom masks, which honour sizes exactly; ``--mask-source model`` still
+    selects it.
+    """
     if gen.mask_source != "auto":
         return gen.mask_source
     if gen.mask:
         return "file"
     if gen.mask_database:
         return "database"
-    sized = any(v != -1.0 for v in gen.organ_sizes.values())
-    if sized and has_mask_model(model_set) and mask_model_follows_sizes(model_set):
+    sized = any(labels.size_is_set(v) for v in gen.organ_sizes.values())
+    if sized and weights is not None and weights.has_mask_model and weights.mask_model_follows_sizes:
         return "model"
     return "phantom"
 
 
+def check_source(kind: str, gen: GenerateConfig, weights: WeightsInfo | None) -> None:
+    """Raise a one-line :class:`RequestError` when the chosen source lacks what it needs (before any loading)."""
+    if kind not in KINDS:
+        raise RequestError(f"unknown mask source {kind!r}; expected auto, {', '.join(KINDS)}")
+    if kind == "file" and not gen.mask:
+        raise RequestError("mask_source 'file' needs a mask file (--mask FILE)")
+    if kind == "database" and not gen.mask_database:
+        raise RequestError("mask_source 'database' needs a mask database (--mask-database DIR or index JSON)")
+    if kind == "model" and (weights is None or not weights.has_mask_model):
+        where = f" ({weights.root} has {sorted(weights.components)})" if weights is not None else ""
+        raise RequestError(
+            f"mask_source 'model' needs weights with the mask-generation model (mask_vae and mask_unet){where}"
+        )
+
+
 def make_mask_source(
+    kind: str,
     gen: GenerateConfig,
     *,
-    kind: str | None = None,
     model_set: Any = None,
     label_set: str = "auto",
-    fit_mask_to_request: bool = False,
     device: str = "cpu",
     progress: bool = False,
 ) -> MaskSource:
-    """Build the mask source a request asks for.
+    """Build the mask source ``kind`` (checked by :func:`check_source`) for a request.
 
     Args:
-        gen: the request (sizes, spacing, regions, anatomy, organ sizes, mask file or database).
-        kind: override :func:`choose_source_kind`.
+        gen: the request (sizes, spacing, regions, anatomy, organ sizes, mask file or database; ``fit_mask`` fits a
+            user mask to ``output_size`` / ``spacing`` instead of its nearest valid grid).
         model_set: loaded weights (needed by the ``model`` source).
         label_set: vocabulary of a user mask file.
-        fit_mask_to_request: fit a user mask to ``gen.output_size`` / ``gen.spacing`` instead of its nearest valid
-            grid.
     """
-    kind = kind or choose_source_kind(gen, model_set=model_set)
     if kind == "file":
-        if not gen.mask:
-            raise RequestError("mask_source 'file' needs a mask file (--mask FILE)")
-        if fit_mask_to_request:
-            return FileMaskSource(
-                gen.mask,
-                size=check_output_size(gen.output_size),
-                spacing=check_spacing(gen.spacing),
-                label_set=label_set,
-            )
-        return FileMaskSource(gen.mask, label_set=label_set)
+        if not gen.fit_mask:
+            return FileMaskSource(gen.mask, label_set=label_set)
+        return FileMaskSource(
+            gen.mask,
+            size=check_output_size(gen.output_size),
+            spacing=check_spacing(gen.spacing),
+            label_set=label_set,
+        )
     size, spacing = check_output_size(gen.output_size), check_spacing(gen.spacing)
     if kind == "database":
         from maisi.generation.masks.database import DatabaseMaskSource
 
-        if not gen.mask_database:
-            raise RequestError(
-                "mask_source 'database' needs a mask database (--mask-database DIR or index JSON)"
-            )
         return DatabaseMaskSource(
             gen.mask_database,
             size=size,
@@ -95,10 +97,6 @@ def make_mask_source(
     if kind == "model":
         from maisi.generation.masks.model import ModelMaskSource
 
-        if not has_mask_model(model_set):
-            raise RequestError(
-                "mask_source 'model' needs weights with the mask-generation model (mask_vae and mask_unet)"
-            )
         return ModelMaskSource(
             model_set,
             size=size,
@@ -111,13 +109,11 @@ def make_mask_source(
             device=device,
             progress=progress,
         )
-    if kind == "phantom":
-        return PhantomMaskSource(
-            size=size,
-            spacing=spacing,
-            seed=gen.seed,
-            body_region=gen.body_region,
-            organ_sizes=gen.organ_sizes,
-            anatomy=gen.anatomy,
-        )
-    raise RequestError(f"unknown mask source {kind!r}; expected file, database, model or phantom")
+    return PhantomMaskSource(
+        size=size,
+        spacing=spacing,
+        seed=gen.seed,
+        body_region=gen.body_region,
+        organ_sizes=gen.organ_sizes,
+        anatomy=gen.anatomy,
+    )

@@ -24,6 +24,7 @@ import torch
 from scipy import ndimage as ndi
 
 from maisi import labels
+from maisi.conditioning import mask_channels_to_ids
 from maisi.errors import DataError
 from maisi.generation.grid import fit_to_grid, spacing_affine
 from maisi.generation.masks.base import MaskSample
@@ -32,7 +33,7 @@ from maisi.generation.seeds import derive_seed, torch_generator
 #: spacing (mm) of the official mask-generation model's output (256^3 at 1.5 mm)
 MASK_MODEL_SPACING = 1.5
 #: completion of unspecified slots when no real size vectors are available: organs mid-range, no tumour
-DEFAULT_SIZE_VECTOR: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5, -1.0, -1.0, -1.0, -1.0, -1.0)
+DEFAULT_SIZE_VECTOR: tuple[float, ...] = (0.5,) * 5 + (labels.ABSENT_SIZE,) * 5
 #: file name patterns of the official size-condition database
 SIZE_CONDITION_GLOBS = ("*anatomy_size_cond*.json", "*/*anatomy_size_cond*.json")
 
@@ -147,17 +148,13 @@ class ModelMaskSource:
         self.size_conditions = str(path) if path else None
         extra = model_set.components["mask_unet"].extra if "mask_unet" in model_set.components else {}
         self.native_spacing = float(extra.get("spacing", MASK_MODEL_SPACING))
-        self.codec = LatentCodec(
-            vae=model_set["mask_vae"],
-            scale_factor=cfg.mask_vae.scale_factor,
+        self.codec = LatentCodec.from_model_set(
+            model_set,
+            component="mask_vae",
             decode_window=decode_window,
             decode_overlap=decode_overlap,
-            downsample=2 ** (len(cfg.mask_vae.num_channels) - 1),
             device=self.device,
         )
-        self.lut = np.zeros(max(labels.MASK_CHANNEL_TO_ID) + 1, dtype=np.uint8)
-        for ch, i in labels.MASK_CHANNEL_TO_ID.items():
-            self.lut[ch] = i
 
     def sample_latent(self, index: int, attempt: int = 0) -> torch.Tensor:
         """The denoised mask latent ``(1, *mask_latent_shape)`` of one sample."""
@@ -192,14 +189,13 @@ class ModelMaskSource:
         )  # 125 channels: keep a 256^3 decode in memory
         logits = torch.empty((1, channels, *image), dtype=dtype)
         self.codec.decode(latent, out=logits)
-        classes = logits[0].argmax(dim=0).numpy()
-        return self.lut[classes]
+        return mask_channels_to_ids(logits[0].argmax(dim=0)).numpy().astype(np.uint8)
 
     def __call__(self, index: int, attempt: int = 0) -> MaskSample:
         label = self.decode(self.sample_latent(index, attempt))
         tumor = None
         for slot, value in zip(labels.SIZE_SLOTS[5:], self.size_vector[5:]):
-            if value != -1.0:
+            if labels.size_is_set(value):
                 tumor = labels.TUMORS[slot]
         if tumor is not None:
             label = keep_tumor_in_host(label, tumor)

@@ -38,7 +38,7 @@ def phantom_size_request(
 
     volumes, radii, facts = {}, {}, {}
     for name, s in organ_sizes.items():
-        if s == -1.0:
+        if not labels.size_is_set(s):
             continue
         if name in ORGAN_VOLUME_RANGE:
             lo, hi = ORGAN_VOLUME_RANGE[name]

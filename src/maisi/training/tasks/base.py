@@ -183,7 +183,7 @@ class SampledVAE(nn.Module):
 
 def latent_noise(vae_cfg, patch: Sequence[int], generator: torch.Generator) -> torch.Tensor:
     """Standard normal reparameterisation noise ``(latent_channels, *patch / downsampling)`` from ``generator``."""
-    d = 2 ** (len(vae_cfg.num_channels) - 1)
+    d = vae_cfg.downsample
     shape = (vae_cfg.latent_channels, *(-(-int(s) // d) for s in patch))
     return torch.randn(shape, generator=generator)
 

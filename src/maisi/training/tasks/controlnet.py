@@ -18,9 +18,9 @@ from torch import nn
 
 from maisi.diffusion import diffusion_loss, make_denoiser, randn, region_weight, sample
 from maisi.errors import DataError
-from maisi.generation.conditioning import binarize_labels, without_tumors
+from maisi.conditioning import binarize_labels, without_tumors
 from maisi.networks import build
-from maisi.training.conditioning import tumor_mask
+from maisi.conditioning import tumor_mask
 from maisi.training.datasets import PREVIEW_STREAM, Case, sample_generator
 from maisi.training.tasks.base import (
     SavedComponent,
@@ -54,8 +54,7 @@ class ControlNetTask(DiffusionTask):
         elif load_matching(net, unet.state_dict()) == 0:
             raise DataError(f"{self.cfg.train.init_from}: the UNet shares no weights with model.controlnet")
         self.models["controlnet"] = net.to(self.device).train()
-        default = self.model_cfg.vae.scale_factor
-        self.scale_factor = float(ms.components["unet"].extra.get("scale_factor", default))
+        self.scale_factor = float(ms.config.vae.scale_factor)  # the factor the UNet was trained at
         self.model_cfg = with_scale_factor(self.model_cfg, "vae", self.scale_factor)
 
     def make_item(self, case: Case, gen: torch.Generator, *, train: bool) -> dict[str, torch.Tensor]:
@@ -63,7 +62,7 @@ class ControlNetTask(DiffusionTask):
         if "modality" in item:  # the official ControlNet recipe keeps the modality (no condition dropout)
             item["modality"] = torch.tensor(case.modality_id, dtype=torch.long)
         label = self.store.label(case)
-        factor = 2 ** (len(self.model_cfg.controlnet.conditioning_embedding_num_channels) - 1)
+        factor = self.model_cfg.vae.downsample  # the label map is at image resolution
         if "crop_start" in item:  # the label region under the latent crop
             mean_shape = self.posterior(case)[0].shape[1:]
             if tuple(label.shape) != tuple(factor * s for s in mean_shape):
@@ -169,9 +168,7 @@ class ControlNetTask(DiffusionTask):
     def saved_components(self, nets):
         out = {
             "controlnet": SavedComponent(nets["controlnet"], self.model_cfg.controlnet),
-            "unet": SavedComponent(
-                self.models["unet"], self.model_cfg.unet, {"scale_factor": self.scale_factor}
-            ),
+            "unet": SavedComponent(self.models["unet"], self.model_cfg.unet),
         }
         if "vae" in self.models:
             out["vae"] = SavedComponent(self.models["vae"], self.model_cfg.vae)

@@ -21,7 +21,7 @@ from torch import nn
 
 from maisi.diffusion import diffusion_loss, make_denoiser, randn, sample, scheduler_from_config
 from maisi.errors import DataError
-from maisi.generation.conditioning import INPUT_SCALE
+from maisi.conditioning import INPUT_SCALE
 from maisi.networks import build
 from maisi.training.datasets import PREVIEW_STREAM, SETUP_STREAM, VAL_STREAM, Case, sample_generator
 from maisi.training.tasks.base import (
@@ -62,9 +62,10 @@ class DiffusionTask(Task):
                 net.load_state_dict(ms[self.primary].state_dict())
         self.models[self.primary] = net.to(self.device).train()
         self.build_frozen(ms)
-        if trained_primary:  # keep the factor the loaded network was trained with
-            default = getattr(self.model_cfg, self.codec_component).scale_factor
-            self.scale_factor = float(ms.components[self.primary].extra.get("scale_factor", default))
+        if (
+            trained_primary
+        ):  # keep the factor the loaded network was trained with (its one home: the codec's config)
+            self.scale_factor = float(getattr(ms.config, self.codec_component).scale_factor)
         else:
             self.scale_factor = self.estimate_scale()
         self.model_cfg = with_scale_factor(self.model_cfg, self.codec_component, self.scale_factor)
@@ -233,11 +234,7 @@ class DiffusionTask(Task):
         }
 
     def saved_components(self, nets):
-        out = {
-            self.primary: SavedComponent(
-                nets[self.primary], self.model_cfg.unet, {"scale_factor": self.scale_factor}
-            )
-        }
+        out = {self.primary: SavedComponent(nets[self.primary], self.model_cfg.unet)}
         if "vae" in self.models:
             out["vae"] = SavedComponent(self.models["vae"], self.model_cfg.vae)
         return out

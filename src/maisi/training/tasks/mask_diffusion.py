@@ -4,7 +4,7 @@ latents of the trained mask VAE, conditioned by cross-attention on the 10-value 
 Data: label maps (a phantom/prepared folder or datalist). Each map is centre-cropped or zero-padded to the mask
 grid (``model.mask_latent_shape`` x the mask VAE's downsampling), encoded once by the frozen mask VAE of
 ``train.init_from`` (posterior mean and log-variance, kept in memory) and its size vector computed from the same
-cropped map (:func:`~maisi.training.conditioning.size_vector_from_label`: organ volume / reference volume, -1 when
+cropped map (:func:`~maisi.conditioning.size_vector_from_label`: organ volume / reference volume, -1 when
 absent). Generation completes the slots a user leaves unspecified from real size vectors, so every slot is always
 given (no condition dropout).
 
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from maisi.diffusion import make_denoiser, randn, sample
 from maisi.errors import ConfigError
-from maisi.generation.conditioning import binarize_labels
-from maisi.training.conditioning import mask_channels_to_ids, size_vector_from_label
+from maisi.conditioning import binarize_labels
+from maisi.conditioning import mask_channels_to_ids, size_vector_from_label
 from maisi.training.datasets import PREVIEW_STREAM, Case, sample_generator
 from maisi.training.tasks.base import SavedComponent
 from maisi.training.tasks.diffusion import PREVIEW_STEPS, DiffusionTask
@@ -47,7 +47,7 @@ class MaskDiffusionTask(DiffusionTask):
                 f"(the model/ folder of a 'maisi train mask-vae' run), got {self.cfg.train.init_from!r}"
             )
         self.models["mask_vae"] = ms["mask_vae"].to(self.device).eval().requires_grad_(False)
-        self.downsample = 2 ** (len(self.model_cfg.mask_vae.num_channels) - 1)
+        self.downsample = self.model_cfg.mask_vae.downsample
         self.grid = tuple(self.downsample * int(s) for s in self.model_cfg.mask_latent_shape[1:])
         self._encoded: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -70,7 +70,7 @@ class MaskDiffusionTask(DiffusionTask):
                 self.cfg,
                 vae=self.models["mask_vae"],
                 scale_factor=1.0,
-                downsample=self.downsample,
+                component="mask_vae",
                 device=self.device,
             )
             mean, logvar = codec.encode_posterior(binarize_labels(label[None, None]))
@@ -102,7 +102,7 @@ class MaskDiffusionTask(DiffusionTask):
             self.cfg,
             vae=self.models["mask_vae"],
             scale_factor=self.scale_factor,
-            downsample=self.downsample,
+            component="mask_vae",
             device=self.device,
         )
         return {
@@ -121,7 +121,7 @@ class MaskDiffusionTask(DiffusionTask):
         return None
 
     def saved_components(self, nets):
-        extra: dict[str, float] = {"scale_factor": self.scale_factor}
+        extra: dict[str, float] = {}
         spacing = self.native_spacing()
         if spacing is not None:
             extra["spacing"] = spacing

@@ -1,6 +1,6 @@
 """Mask VAE training: label maps in, the 125 mask classes out.
 
-Input: the 8 binary channels of the MAISI ids (:func:`maisi.generation.conditioning.binarize_labels`), random
+Input: the 8 binary channels of the MAISI ids (:func:`maisi.conditioning.binarize_labels`), random
 patches.
 Output: logits over the mask classes (softmax; channel -> id by :data:`maisi.labels.MASK_CHANNEL_TO_ID`).
 Loss: cross-entropy + soft Dice over the classes present in the batch + ``kl_weight`` x KL. Validation runs whole
@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from maisi.generation.conditioning import binarize_labels
+from maisi.conditioning import binarize_labels
 from maisi.labels import MASK_CLASSES
 from maisi.networks import build
-from maisi.training.conditioning import ids_to_mask_channels, mask_channels_to_ids
+from maisi.conditioning import ids_to_mask_channels, mask_channels_to_ids
 from maisi.training.tasks.base import (
     SampledVAE,
     SavedComponent,
@@ -74,10 +74,10 @@ class MaskVAETask(Task):
         """Whole-map logits ``(1, 125, X, Y, Z)`` through the tiled codec (posterior mean)."""
         from maisi.latents import LatentCodec
 
-        downsample = 2 ** (len(self.model_cfg.mask_vae.num_channels) - 1)
         codec = LatentCodec.from_config(
-            self.cfg, vae=vae, scale_factor=1.0, downsample=downsample, device=self.device
+            self.cfg, vae=vae, component="mask_vae", scale_factor=1.0, device=self.device
         )
+        downsample = codec.downsample
         spatial = label.shape[2:]
         padded = [-(-int(s) // downsample) * downsample for s in spatial]
         widths = [w for s, p in zip(reversed(spatial), reversed(padded)) for w in (0, p - int(s))]
