@@ -1,3 +1,5 @@
+"""The plain source-id -> MAISI-id table (LabelMapping) and the deprecated guess (detect_label_set)."""
+
 from __future__ import annotations
 
 import json
@@ -6,18 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maisi import labels, resources
-from maisi.data.label_mapping import (
-    UNMAPPED,
-    LabelMapping,
-    detect_label_set,
-    translate_totalsegmentator_name,
-)
+from maisi import labels
+from maisi.data.label_mapping import LabelMapping, detect_label_set
 from maisi.data.nifti import load_nifti
 from maisi.errors import DataError
 
 DATA = Path(__file__).parent / "data"
-TS_MAP = {int(k): v for k, v in resources.load_json("totalsegmentator_total_class_map.json").items()}
+TS_MAP = {int(k): v for k, v in json.loads((DATA / "totalsegmentator_v2_class_map.json").read_text()).items()}
 
 
 @pytest.fixture(scope="module")
@@ -25,34 +22,13 @@ def seg():
     return load_nifti(DATA / "example_seg.nii.gz", kind="label")
 
 
-@pytest.mark.parametrize(
-    ("ts_name", "maisi_name"),
-    [
-        ("kidney_right", "right kidney"),
-        ("lung_upper_lobe_left", "left lung upper lobe"),
-        ("vertebrae_L5", "vertebrae L5"),
-        ("rib_left_1", "left rib 1"),
-        ("rib_right_12", "right rib 12"),
-        ("urinary_bladder", "bladder"),
-        ("heart", "heart"),
-        ("portal_vein_and_splenic_vein", "portal vein and splenic vein"),
-        ("adrenal_gland_left", "left adrenal gland"),
-    ],
-)
-def test_name_translation(ts_name, maisi_name):
-    assert translate_totalsegmentator_name(ts_name) == maisi_name
-    ts_id = next(i for i, n in TS_MAP.items() if n == ts_name)
-    assert LabelMapping.from_totalsegmentator().table[ts_id] == labels.LABELS[maisi_name]
-
-
-def test_every_totalsegmentator_id_is_mapped_or_explicitly_unmapped():
+def test_totalsegmentator_table_maps_every_class_once():
     table = LabelMapping.from_totalsegmentator().table
     assert set(table) == set(TS_MAP)
-    mapped = {i: m for i, m in table.items() if TS_MAP[i] not in UNMAPPED}
-    assert len(mapped) + len(UNMAPPED) == 117
-    assert all(m in labels.VALID_IDS and m != 0 for m in mapped.values())
-    assert len(set(mapped.values())) == len(mapped)  # no two classes merge
-    assert not set(mapped.values()) & {labels.LABELS[f"dummy{i}"] for i in range(1, 9)}
+    assert all(m in labels.VALID_IDS and m != 0 for m in table.values())
+    assert len(set(table.values())) == len(table)  # no two classes merge
+    assert not set(table.values()) & {labels.LABELS[f"dummy{i}"] for i in range(1, 9)}
+    assert table[21] == labels.LABELS["bladder"] and table[5] == labels.LABELS["liver"]
 
 
 def test_every_label_of_example_seg_maps_to_a_maisi_id(seg):
@@ -96,13 +72,15 @@ def test_identity_and_file_mapping(tmp_path):
 def test_for_label_set():
     assert LabelMapping.for_label_set("maisi").name == "maisi"
     assert LabelMapping.for_label_set("totalsegmentator").table[21] == labels.LABELS["bladder"]
+    v1 = LabelMapping.for_label_set("totalsegmentator-v1")
+    assert v1.table[7] == labels.LABELS["aorta"] and v1.table[44] == labels.LABELS["heart"]  # a heart part
+    assert 49 not in v1.table  # pulmonary artery: MAISI has none, so apply() reports it
 
 
-def test_detect_label_set(seg):
+def test_detect_label_set_keeps_its_old_behaviour(seg):
     assert detect_label_set(seg.array) == "totalsegmentator"  # has MAISI placeholder ids (2, 18, 20)
     maisi = LabelMapping.from_totalsegmentator().apply(seg.array)
     assert detect_label_set(maisi) == "maisi"  # ids > 117
-    # ids valid in both vocabularies: only the left/right layout tells them apart
     only_maisi = np.where(np.isin(maisi, [5, 14, 28, 29, 32]), maisi, 0)
     assert detect_label_set(only_maisi) == "unknown"
     assert detect_label_set(only_maisi, seg.affine) == "maisi"

@@ -305,7 +305,11 @@ BAD_INPUTS = [
     (_affine_mismatch, "moved.nii.gz", "label affine differs from image"),
     (_empty_label, "empty.nii.gz", "label map is empty"),
     (_float_label, "prob.nii.gz", "label map has non-integer values (e.g. 0.5"),
-    (_unknown_ids, "odd.nii.gz", "label ids not in the totalsegmentator mapping: [150]"),
+    (
+        _unknown_ids,
+        "odd.nii.gz",
+        "1 label without a MAISI id under totalsegmentator-v2: 150 (not in the vocabulary)",
+    ),
     (_bad_mapping_key, "mapping.json", "key 'kidney' is not a non-negative integer label id"),
     (_bad_mapping_value, "mapping.json", "key '1': value 'livr' is not a MAISI label name"),
     (_no_region, "gb.nii.gz", "no organ that identifies a body region"),
@@ -314,7 +318,7 @@ BAD_INPUTS = [
     (_datalist_missing_file, "dl.json", "image file"),
     (_unmatched_folder, "case1.nii.gz", "no label file matches image(s)"),
     (_unmatched_folder, "case2_seg.nii.gz", "no image file matches label(s)"),
-    (_ambiguous_label_set, "amb.nii.gz", "cannot tell whether label ids are MAISI or TotalSegmentator"),
+    (_ambiguous_label_set, "amb.nii.gz", "cannot tell the label vocabulary"),
 ]
 
 
@@ -349,7 +353,9 @@ def test_prepare_mr_with_user_mapping_and_lps_label(tmp_path):
     arr[10:20, 10:20, 2:4] = 9  # user id 9, not in the mapping
     lab = _nii(tmp_path / "mr_seg.nii.gz", arr, raw.affine)  # LPS on disk, like the image
     (tmp_path / "map.json").write_text(json.dumps({"7": "liver"}))
-    with pytest.warns(UserWarning, match=r"mr_seg\.nii\.gz: label ids not in the .*map\.json mapping: \[9\]"):
+    with pytest.warns(
+        UserWarning, match=r"mr_seg\.nii\.gz: 1 label set to background: 9 \(not in the vocabulary\)"
+    ):
         datalist = prepare(
             images=[MR],
             labels=[lab],
@@ -370,3 +376,88 @@ def test_prepare_mr_with_user_mapping_and_lps_label(tmp_path):
     # MRI body comes from the labels (closing + filling): a lone box is its own envelope
     assert not (out.array == labels.BODY).any()
     assert img.array.dtype == np.float32 and nib.load(entry["image"]).get_data_dtype() == np.float32
+
+
+# ------------------------------------------------------------------------------------- label vocabularies
+
+
+def test_datalist_records_the_mapping_report(prepared):
+    entry = json.loads(prepared.read_text())["training"][0]
+    report = entry["label_mapping"]
+    assert report["vocabulary"] == "totalsegmentator-v2" and report["evidence"]["decided_by"] == "auto"
+    assert report["file"] == str(SEG) and report["body"] == "added from the CT"
+    assert len(report["labels"]) == 41 and report["warnings"] == []  # the CT gives the body: no such warning
+    liver = next(r for r in report["labels"] if r["source_id"] == 5)
+    assert liver == {
+        "source_id": 5,
+        "source_name": "liver",
+        "voxels": 38634,
+        "ml": 1043.118,
+        "maisi_id": labels.LABELS["liver"],
+        "maisi_name": "liver",
+        "status": "mapped",
+    }
+    assert read_datalist(prepared)[0]["label_mapping"] == report  # the datalist reader keeps it
+
+
+def test_prepare_refuses_custom_ids_under_auto_and_reads_them_with_names(tmp_path, prepared):
+    from label_map_cases import V2_NAMES, custom_ids, example, renumber, save
+
+    array, affine = example()
+    custom = custom_ids([int(i) for i in np.unique(array) if i])
+    lab = save(tmp_path / "example_ct_sm_seg.nii.gz", renumber(array, custom), affine)
+    with pytest.raises(DataError, match=r"example_ct_sm_seg\.nii\.gz: cannot tell the label vocabulary"):
+        prepare(images=[CT], labels=[lab], output_dir=tmp_path / "auto")
+    assert not (tmp_path / "auto" / "datalist.json").exists()
+    (tmp_path / "names.txt").write_text(
+        "".join(f'{c} 0 0 0 1 1 1 "{V2_NAMES[i]}"\n' for i, c in custom.items())
+    )
+    out = prepare(images=[CT], labels=[lab], output_dir=tmp_path / "named", label_set=tmp_path / "names.txt")
+    mine, reference = read_datalist(out)[0], read_datalist(prepared)[0]
+    assert mine["label_mapping"]["vocabulary"] == str(tmp_path / "names.txt")
+    assert mine["top_region_index"] == reference["top_region_index"]
+    np.testing.assert_array_equal(
+        load_nifti(mine["label"], kind="label").array, load_nifti(reference["label"]).array
+    )
+
+
+def test_prepare_cli_unknown_labels_one_hot_and_verbose(tmp_path, capsys):
+    from label_map_cases import V2_NAMES, example, save
+    from maisi.cli import main
+
+    array, affine = example()
+    present = [int(i) for i in np.unique(array)]
+    stack = np.stack([array == i for i in present], axis=3).astype(np.uint8)
+    lab = save(tmp_path / "example_ct_sm_seg.nii", stack, affine)
+    names = {str(k): V2_NAMES[i] for k, i in enumerate(present) if i}
+    names["1"] = "Brainstem"  # channel 1 (spleen) renamed to a structure MAISI lacks
+    (tmp_path / "channels.json").write_text(json.dumps(names))
+    args = [
+        "prepare",
+        "--images",
+        str(CT),
+        "--labels",
+        str(lab),
+        "--label-set",
+        str(tmp_path / "channels.json"),
+    ]
+    assert main([*args, "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "a 4-D stack of 42 volumes" in err and "pass --one-hot" in err and err.count("\n") == 1
+    assert main([*args, "--output-dir", str(tmp_path / "b"), "--one-hot"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "1 label without a MAISI id under" in err and "1 Brainstem (no MAISI structure of that name)" in err
+    )
+    rc = main(
+        [*args, "--output-dir", str(tmp_path / "c"), "--one-hot", "--unknown-labels", "body", "--verbose"]
+    )
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert "maisi prepare: warning:" in err and "1 label set to body (200): 1 Brainstem" in err
+    assert (
+        "      1  Brainstem" in out and "200 body" in out and "body (no MAISI structure of that name)" in out
+    )
+    entry = read_datalist(tmp_path / "c" / "datalist.json")[0]
+    row = entry["label_mapping"]["labels"][0]
+    assert (row["source_name"], row["maisi_id"], row["status"]) == ("Brainstem", labels.BODY, "body")

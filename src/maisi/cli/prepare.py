@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
+from maisi.data.datalist import read_datalist
+from maisi.data.labelmaps import UNKNOWN_LABELS, format_report
 from maisi.data.prepare import prepare
+
+LABEL_SET_HELP = (
+    "vocabulary of the label maps: auto (decided from the map's anatomy, or refused), maisi, totalsegmentator-v1, "
+    "totalsegmentator-v2 (= totalsegmentator), totalsegmentator-<task>, or a names file: nnU-Net dataset.json, "
+    "id->name or id->MAISI-id JSON, ITK-SNAP label description, 3D Slicer color table or .seg.nrrd"
+)
 
 
 def register(subparsers) -> None:
@@ -27,13 +37,21 @@ def register(subparsers) -> None:
         "--divisor", type=int, default=128, help="pad each axis to a multiple of this (0: no padding)"
     )
     p.add_argument("--modality", default="ct", choices=["ct", "mri"])
-    p.add_argument(
-        "--label-set",
-        default="auto",
-        help="auto, maisi, totalsegmentator, or a JSON file mapping source ids to MAISI ids",
-    )
+    p.add_argument("--label-set", default="auto", help=LABEL_SET_HELP)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--unknown-labels", default="error", choices=["error", "background"])
+    p.add_argument(
+        "--unknown-labels",
+        default="error",
+        choices=UNKNOWN_LABELS,
+        help="ids with no single MAISI id (unknown, no MAISI counterpart, or a whole MAISI splits): refuse, make "
+        "them background, or make them body (200); each is listed in the mapping report",
+    )
+    p.add_argument(
+        "--one-hot", action="store_true", help="label files are 4-D one-hot stacks (channel k -> id k)"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="print each label map's mapping table (source id -> MAISI id)"
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
 
@@ -45,17 +63,26 @@ def _one_or_many(values: list[str] | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    datalist = prepare(
-        images=_one_or_many(args.images),
-        labels=_one_or_many(args.labels),
-        output_dir=args.output_dir,
-        spacing=args.spacing,
-        divisor=args.divisor or None,
-        modality=args.modality,
-        label_set=args.label_set,
-        folds=args.folds,
-        unknown_labels=args.unknown_labels,
-        overwrite=args.overwrite,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        datalist = prepare(
+            images=_one_or_many(args.images),
+            labels=_one_or_many(args.labels),
+            output_dir=args.output_dir,
+            spacing=args.spacing,
+            divisor=args.divisor or None,
+            modality=args.modality,
+            label_set=args.label_set,
+            folds=args.folds,
+            unknown_labels=args.unknown_labels,
+            one_hot=args.one_hot,
+            overwrite=args.overwrite,
+        )
+    for w in caught:
+        print(f"maisi prepare: warning: {w.message}", file=sys.stderr)
+    if args.verbose:
+        for entry in read_datalist(datalist):
+            if "label_mapping" in entry:
+                print(format_report(entry["label_mapping"]))
     print(datalist)
     return 0

@@ -1,9 +1,10 @@
-"""Translating label maps from other vocabularies (TotalSegmentator "total") to MAISI ids.
+"""Source-id -> MAISI-id tables (:class:`LabelMapping`) and the old MAISI-or-TotalSegmentator guess.
 
-The TotalSegmentator table is built by name translation (``kidney_right`` -> ``right kidney``,
-``rib_left_1`` -> ``left rib 1``, ``vertebrae_L5`` -> ``vertebrae L5``) plus :data:`TOTALSEGMENTATOR_EXCEPTIONS`;
-every TotalSegmentator id is either mapped or listed in :data:`UNMAPPED` with a reason. Unknown ids in a label
-map are never dropped silently.
+New code reads user label maps with :func:`maisi.data.labelmaps.read_label_map`, which decides the vocabulary
+from evidence (or refuses) and reports what each id became. :class:`LabelMapping` remains the plain table for
+callers that know their vocabulary (e.g. TotalSegmentator output inside the evaluation). :func:`detect_label_set`
+is the former guess, kept only until its last callers move to :func:`read_label_map`: it rules vocabularies out
+by ids alone and can misread a map (a TotalSegmentator v1 map is taken for v2).
 """
 
 from __future__ import annotations
@@ -17,57 +18,14 @@ from typing import Literal
 
 import numpy as np
 
-from maisi import labels, resources
+from maisi import labels
+from maisi.data import vocabularies
 from maisi.errors import DataError
 
-TOTALSEGMENTATOR_MAP = "totalsegmentator_total_class_map.json"
-SIDES = ("left", "right")
-
-#: TotalSegmentator names whose MAISI name does not follow the translation rule.
-TOTALSEGMENTATOR_EXCEPTIONS: dict[str, str] = {
-    "urinary_bladder": "bladder",
-}
-#: TotalSegmentator names with no MAISI counterpart, with the reason. Every "total" class has a MAISI
-#: counterpart in MAISI's 132-class vocabulary, so this is empty; a name added here maps to background.
-UNMAPPED: dict[str, str] = {}
 #: MAISI placeholder classes never used in real label maps (their presence suggests another vocabulary).
 MAISI_DUMMY_IDS: frozenset[int] = frozenset(i for n, i in labels.LABELS.items() if n.startswith("dummy"))
 
 Unknown = Literal["error", "background"]
-
-
-def translate_totalsegmentator_name(name: str) -> str:
-    """MAISI name for a TotalSegmentator class name by rule (exceptions applied first).
-
-    ``a_b_left`` -> ``left a b``; ``rib_left_1`` -> ``left rib 1``; other underscores become spaces.
-    """
-    if name in TOTALSEGMENTATOR_EXCEPTIONS:
-        return TOTALSEGMENTATOR_EXCEPTIONS[name]
-    parts = name.split("_")
-    sides = [p for p in parts if p in SIDES]
-    if len(sides) == 1:
-        parts.remove(sides[0])
-        parts.insert(0, sides[0])
-    return " ".join(parts)
-
-
-def _totalsegmentator_table() -> tuple[dict[int, int], dict[int, str]]:
-    class_map = {int(k): v for k, v in resources.load_json(TOTALSEGMENTATOR_MAP).items()}
-    lower = {n.lower(): i for n, i in labels.LABELS.items()}
-    table: dict[int, int] = {}
-    for ts_id, name in class_map.items():
-        if name in UNMAPPED:
-            table[ts_id] = labels.BACKGROUND
-            continue
-        maisi_name = translate_totalsegmentator_name(name)
-        if maisi_name.lower() not in lower:
-            # a resource/table inconsistency, not user input: fail loudly at import-time use
-            raise RuntimeError(
-                f"TotalSegmentator class {ts_id} {name!r} translates to {maisi_name!r}, which is not a MAISI "
-                "label; add it to TOTALSEGMENTATOR_EXCEPTIONS or UNMAPPED"
-            )
-        table[ts_id] = lower[maisi_name.lower()]
-    return table, class_map
 
 
 @dataclass(frozen=True)
@@ -95,10 +53,16 @@ class LabelMapping:
         return cls(table={i: i for i in labels.VALID_IDS}, name="maisi")
 
     @classmethod
+    def from_vocabulary(cls, vocabulary: vocabularies.Vocabulary, *, name: str | None = None) -> LabelMapping:
+        """The table of a vocabulary: ids with a single MAISI id (structures and their parts); ids MAISI splits
+        or lacks are left out, so :meth:`apply` reports them."""
+        table = {i: e.maisi_id for i, e in vocabulary.entries.items() if e.maisi_id is not None}
+        return cls(table=table, name=name or vocabulary.name)
+
+    @classmethod
     def from_totalsegmentator(cls) -> LabelMapping:
-        """Mapping for TotalSegmentator "total" task ids (117 classes)."""
-        table, _ = _totalsegmentator_table()
-        return cls(table=table, name="totalsegmentator")
+        """Mapping for TotalSegmentator v2 "total" task ids (117 classes)."""
+        return cls.from_vocabulary(vocabularies.builtin("totalsegmentator-v2"), name="totalsegmentator")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> LabelMapping:
@@ -132,11 +96,14 @@ class LabelMapping:
 
     @classmethod
     def for_label_set(cls, label_set: str | os.PathLike) -> LabelMapping:
-        """``"maisi"``, ``"totalsegmentator"`` or a path to a mapping JSON file."""
+        """``"maisi"``, a built-in vocabulary name (``"totalsegmentator"``, ``"totalsegmentator-v1"``...) or a
+        path to a mapping JSON file."""
         if str(label_set) == "maisi":
             return cls.identity()
         if str(label_set) == "totalsegmentator":
             return cls.from_totalsegmentator()
+        if str(label_set) in vocabularies.BUILTIN:
+            return cls.from_vocabulary(vocabularies.builtin(str(label_set)))
         return cls.from_file(label_set)
 
     def lookup(self, max_id: int) -> np.ndarray:
@@ -233,6 +200,7 @@ def _lateral_score(label: np.ndarray, affine: np.ndarray, pairs: list[tuple[int,
 def detect_label_set(label: np.ndarray, affine: np.ndarray | None = None) -> str:
     """Guess the vocabulary of a label map: ``"maisi"``, ``"totalsegmentator"`` or ``"unknown"``.
 
+    Deprecated: it can misread (see the module docstring); use :func:`maisi.data.labelmaps.read_label_map`.
     Ids outside one vocabulary rule it out; MAISI's placeholder ``dummy`` ids rule out MAISI. When both
     remain and ``affine`` is given, left/right organ pairs decide: the vocabulary whose "right" classes lie
     on the patient's right wins.
@@ -244,7 +212,7 @@ def detect_label_set(label: np.ndarray, affine: np.ndarray | None = None) -> str
     ids = set(np.unique(label).tolist()) - {0}
     if not ids:
         return "unknown"
-    _, ts_names = _totalsegmentator_table()
+    ts_names = {i: e.source_name for i, e in vocabularies.builtin("totalsegmentator-v2").entries.items()}
     maisi_ok = ids <= labels.VALID_IDS and not ids & MAISI_DUMMY_IDS
     ts_ok = ids <= set(ts_names)
     if maisi_ok != ts_ok:

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import nibabel as nib
 import numpy as np
 
 from maisi import labels as maisi_labels
 from maisi import resources
 from maisi.data.body import add_body_from_label, add_body_label
 from maisi.data.datalist import write_datalist
-from maisi.data.label_mapping import LabelMapping, detect_label_set
+from maisi.data.labelmaps import UNKNOWN_LABELS, UnknownLabels, read_label_map
 from maisi.data.nifti import (
     Volume,
     check_same_grid,
@@ -31,7 +32,9 @@ from maisi.data.nifti import (
     load_nifti,
     nifti_stem,
     save_nifti,
+    to_ras,
 )
+from maisi.data.vocabularies import Vocabulary, resolve
 from maisi.errors import DataError
 from maisi.io import OutputExistsError
 
@@ -175,17 +178,6 @@ def _unique(triples: list[tuple[str, Path, Path | None]]) -> list[tuple[str, Pat
     return triples
 
 
-def _mapping_for(label: Volume, label_set: str) -> LabelMapping:
-    if label_set == "auto":
-        label_set = detect_label_set(label.array, label.affine)
-        if label_set == "unknown":
-            raise DataError(
-                f"{label.path}: cannot tell whether label ids are MAISI or TotalSegmentator; pass "
-                "label_set='maisi', 'totalsegmentator' or a mapping JSON file"
-            )
-    return LabelMapping.for_label_set(label_set)
-
-
 def prepare(
     *,
     images: PathLike | Sequence[PathLike],
@@ -194,18 +186,22 @@ def prepare(
     spacing: Sequence[float] | None = None,
     divisor: int | None = 128,
     modality: str = "ct",
-    label_set: str | PathLike = "auto",
+    label_set: str | PathLike | Vocabulary = "auto",
     folds: int = 5,
-    unknown_labels: Literal["error", "background"] = "error",
+    unknown_labels: UnknownLabels = "error",
+    one_hot: bool = False,
     require_regions: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Convert images (and label maps) into a MAISI-ready folder with a datalist.
 
-    Per case: load in RAS; map labels to MAISI ids; resample (image linear, label nearest) to ``spacing``;
+    Per case: load in RAS; read the label map into MAISI ids (:func:`maisi.data.labelmaps.read_label_map`: the
+    vocabulary decided or given, unknown ids by ``unknown_labels``); resample (image linear, label nearest) to ``spacing``;
     add the body envelope 200 if absent (from the CT; from the labels for other modalities); pad to a multiple
     of ``divisor``; compute region indices; write ``<name>_image.nii.gz`` and ``<name>_label.nii.gz``
-    (CT images as int16 HU, others float32). Folds are assigned round-robin over names in sorted order.
+    (CT images as int16 HU, others float32). Folds are assigned round-robin over names in sorted order. Each
+    entry with a label map records its mapping report under ``"label_mapping"`` (per source id: the MAISI id and
+    name it became, voxels and mL, dropped or merged); warnings about a label map are issued as ``UserWarning``.
 
     Args:
         images: image files, or a folder of ``.nii``/``.nii.gz`` files.
@@ -214,9 +210,12 @@ def prepare(
         spacing: target voxel size (mm); None keeps each volume's own spacing.
         divisor: pad each size up to a multiple of this; None disables padding.
         modality: a key of ``modality_mapping.json`` (``"ct"``, ``"mri"``, ``"mri_t1"``...).
-        label_set: ``"auto"`` (guessed per file), ``"maisi"``, ``"totalsegmentator"`` or a mapping JSON path.
+        label_set: ``"auto"`` (decided per file from evidence, or refused), a built-in vocabulary (``"maisi"``,
+            ``"totalsegmentator-v1"``, ``"totalsegmentator-v2"``...) or a names/mapping file (see
+            :func:`~maisi.data.labelmaps.read_label_map`).
         folds: number of cross-validation folds.
-        unknown_labels: ``"error"`` or ``"background"`` for ids the mapping does not know.
+        unknown_labels: ``"error"``, ``"background"`` or ``"body"`` for ids without a single MAISI id.
+        one_hot: label files are 4-D one-hot stacks (converted to ids).
         require_regions: raise when a label map has no region-marking organ (else omit its region indices).
         overwrite: replace existing outputs.
 
@@ -233,11 +232,10 @@ def prepare(
         raise ValueError(f"folds must be >= 1, got {folds}")
     if divisor is not None and divisor < 1:
         raise ValueError(f"divisor must be a positive integer or None, got {divisor}")
-    if label_set not in ("auto", "maisi", "totalsegmentator") and not Path(label_set).is_file():
-        raise DataError(
-            f"{label_set}: label mapping file not found (label_set must be 'auto', 'maisi', "
-            "'totalsegmentator' or a JSON file)"
-        )
+    if unknown_labels not in UNKNOWN_LABELS:
+        raise ValueError(f"unknown_labels must be one of {UNKNOWN_LABELS}, got {unknown_labels!r}")
+    if isinstance(label_set, Vocabulary) or os.fspath(label_set) != "auto":
+        label_set = resolve(label_set)  # once, so a bad name or file fails before any case is read
     is_ct = modality.startswith("ct")
     out = Path(output_dir)
     cases = sorted(pair_files(images, labels), key=lambda c: c[0])
@@ -256,7 +254,7 @@ def prepare(
 
     entries = []
     for index, (name, image_path, label_path) in enumerate(cases):
-        image, label = prepare_case(
+        image, label, report = prepare_case(
             image_path,
             label_path,
             label_set=label_set,
@@ -264,11 +262,13 @@ def prepare(
             divisor=divisor,
             modality=modality,
             unknown_labels=unknown_labels,
+            one_hot=one_hot,
         )
         entry: dict = {"image": str(out / f"{name}_image.nii.gz")}
         if label is not None:
             entry["label"] = str(out / f"{name}_label.nii.gz")
             entry |= _region_keys(label.array, source=str(label_path), required=require_regions)
+            entry["label_mapping"] = report
         entry |= {
             "dim": list(image.shape),
             "spacing": [round(s, 6) for s in image.spacing],
@@ -287,32 +287,35 @@ def prepare_case(
     image_path: PathLike,
     label_path: PathLike | None = None,
     *,
-    label_set: str | PathLike | LabelMapping = "auto",
+    label_set: str | PathLike | Vocabulary = "auto",
     spacing: Sequence[float] | None = None,
     divisor: int | None = None,
     modality: str = "ct",
-    unknown_labels: Literal["error", "background"] = "error",
-) -> tuple[Volume, Volume | None]:
-    """One case of :func:`prepare`, in memory: load (RAS), map labels, resample, add body 200, pad.
+    unknown_labels: UnknownLabels = "error",
+    one_hot: bool = False,
+) -> tuple[Volume, Volume | None, dict | None]:
+    """One case of :func:`prepare`, in memory: load (RAS), read labels into MAISI ids, resample, add body 200, pad.
 
     Args:
         image_path: image file.
         label_path: label file on the image's grid, or None.
-        label_set: as in :func:`prepare`, or a :class:`LabelMapping`.
-        spacing, divisor, modality, unknown_labels: as in :func:`prepare`.
+        label_set, spacing, divisor, modality, unknown_labels, one_hot: as in :func:`prepare`.
 
     Returns:
-        The image (float32, (X, Y, Z)) and the MAISI label map (uint8) or None.
+        The image (float32, (X, Y, Z)), the MAISI label map (uint8) or None, and the label map's mapping report
+        (None without labels).
     """
     is_ct = modality.startswith("ct")
     image = load_nifti(image_path, kind="image")
-    label = None
+    label, report = None, None
     if label_path is not None:
-        label = load_nifti(label_path, kind="label")
+        _check_grid_first(image, label_path)
+        read = read_label_map(label_path, label_set=label_set, unknown_labels=unknown_labels, one_hot=one_hot)
+        label = Volume(array=read.label, affine=read.affine, path=str(label_path))
         check_same_grid(image, label)
-        mapping = label_set if isinstance(label_set, LabelMapping) else _mapping_for(label, str(label_set))
-        ids = mapping.apply(label.array, source=str(label_path), unknown=unknown_labels)
-        label = Volume(array=ids, affine=label.affine, path=label.path)
+        report = _prepared_report(read.report, body_from="the CT" if is_ct else "the labels")
+        for w in report["warnings"]:
+            warnings.warn(f"{label_path}: {w['text']}", stacklevel=3)
     if spacing is not None:
         image = resample(image, spacing, order=1)
         label = None if label is None else resample(label, spacing, order=0)
@@ -326,7 +329,31 @@ def prepare_case(
         fill = CT_PAD_HU if is_ct else float(image.array.min())
         image = pad_to_multiple(image, divisor, value=fill)
         label = None if label is None else pad_to_multiple(label, divisor, value=maisi_labels.BACKGROUND)
-    return image, label
+    return image, label, report
+
+
+def _check_grid_first(image: Volume, label_path: PathLike) -> None:
+    """Compare the label file's grid (from its header, reoriented like :func:`load_nifti`) with the image's before
+    its ids are read, so a grid mismatch is reported as such, not as a vocabulary doubt."""
+    try:
+        header = nib.load(str(label_path))
+        shape = tuple(int(n) for n in header.shape[:3])
+    except Exception:  # read_label_map reports an unreadable file in its own words
+        return
+    if len(shape) != 3:
+        return
+    # a zero-stride stand-in: reorienting it permutes the shape without touching voxel data
+    ras, affine = to_ras(np.broadcast_to(np.uint8(0), shape), header.affine)
+    check_same_grid(image, Volume(array=ras, affine=affine, path=str(label_path)))
+
+
+def _prepared_report(report: dict, *, body_from: str) -> dict:
+    """The reader's report, with what prepare does about a missing body envelope instead of the generator's."""
+    out = dict(report)
+    has_body = any(row["maisi_id"] == maisi_labels.BODY for row in report["labels"])
+    out["body"] = "in the label map" if has_body else f"added from {body_from}"
+    out["warnings"] = [w for w in report["warnings"] if w["code"] != "no-body"]
+    return out
 
 
 def _region_keys(label: np.ndarray, *, source: str, required: bool) -> dict:
