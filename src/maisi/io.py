@@ -84,9 +84,14 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(
-    path: str | os.PathLike, *, error: type[MaisiError] = DataError, what: str = "JSON file"
+    path: str | os.PathLike,
+    *,
+    error: type[MaisiError] = DataError,
+    what: str = "JSON file",
+    expect: type | None = None,
 ) -> Any:
-    """The JSON value of a file; a missing, unreadable or malformed file raises ``error`` naming it in one line."""
+    """The JSON value of a file; a missing, unreadable or malformed file (or, with ``expect``, a value of another
+    type, e.g. ``dict`` for a JSON object) raises ``error`` naming it in one line."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -95,9 +100,13 @@ def read_json(
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{p}: cannot read the {what} ({type(e).__name__}: {e})") from None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if expect is not None and not isinstance(value, expect):
+        kind = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise error(f"{p}: expected {kind} at top level, got {type(value).__name__}")
+    return value
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -149,7 +158,8 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{p}: refused to load: the file holds pickled Python objects that could run code ({lines[0][:160]})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})"
-        ) from None
+    except (
+        Exception
+    ) as e:  # untrusted bytes: torch's reader raises many types (RuntimeError, IndexError, ...)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({first})") from None

@@ -6,7 +6,6 @@ Runs under ``torchrun`` too: each rank encodes its share of the datalist.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -14,6 +13,7 @@ from maisi.cli.common import add_config_args, print_config, resolve_config
 from maisi.data.encode import encode_dataset
 from maisi.latents import LatentCodec
 from maisi.networks.model_set import load_model_set
+from maisi.runtime import process_env, resolve_device
 
 
 def register(subparsers) -> None:
@@ -34,10 +34,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(cfg)
         return 0
-    ms = load_model_set(args.weights, components=["vae"], base=cfg.model, device=args.device)
+    env = process_env()
+    device = resolve_device(args.device, env.local_rank)  # cuda: this process's GPU under torchrun
+    ms = load_model_set(args.weights, components=["vae"], base=cfg.model, device=device)
     cfg.model = ms.config
-    codec = LatentCodec.from_config(cfg, vae=ms["vae"], device=args.device, progress=False)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    codec = LatentCodec.from_config(cfg, vae=ms["vae"], device=device, progress=False)
+    rank, world = env.rank, env.world_size
     with torch.no_grad():
         written = encode_dataset(
             datalist=args.data,

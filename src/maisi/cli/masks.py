@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from maisi.io import read_json
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,7 @@ def run_index(args: argparse.Namespace) -> int:
     from maisi.generation.masks.database import index_masks
 
     path = index_masks(args.folder, output=args.output, overwrite=args.overwrite)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path, what="mask index")
     print(f"{path}: {len(data['masks'])} masks indexed, {len(data['skipped'])} skipped")
     for item in data["skipped"]:
         print(f"  skipped {item['file']}: {item['reason']}")

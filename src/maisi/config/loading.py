@@ -136,10 +136,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
     """Read a config file's JSON object, with errors naming the file."""
     from maisi.io import read_json as read
 
-    data = read(path, error=ConfigError, what="config file")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object at top level")
-    return data
+    return read(path, error=ConfigError, what="config file", expect=dict)
 
 
 def load_config(

@@ -9,7 +9,6 @@ Other keys are kept as they are.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from typing import Any
 
 from maisi import resources
 from maisi.errors import DataError
-from maisi.io import write_json
+from maisi.io import read_json, write_json
 
 PATH_KEYS = ("image", "label")
 SECTION = "training"
@@ -86,10 +85,7 @@ def read_datalist(
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: datalist file not found")
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: not valid JSON ({e})") from None
+    raw = read_json(p, what="datalist")
     if not isinstance(raw, dict) or section not in raw:
         raise DataError(f"{p}: expected a JSON object with a {section!r} list")
     items = raw[section]

@@ -35,7 +35,7 @@ from maisi.data.datalist import read_datalist, write_datalist
 from maisi.data.intensity import CT_MAX_HU, CT_MIN_HU, mri_to_unit
 from maisi.data.nifti import load_nifti, nifti_stem
 from maisi.errors import DataError
-from maisi.io import atomic_path, write_json
+from maisi.io import atomic_path, read_json, write_json
 from maisi.latents import LatentCodec
 
 INDEX_NAME = "latents.json"
@@ -120,7 +120,7 @@ def write_index(entries: list[dict[str, Any]], *, output_dir: str | os.PathLike,
         if not sidecar.is_file():
             missing += 1
             continue
-        item = json.loads(sidecar.read_text(encoding="utf-8"))
+        item = read_json(sidecar, what="latent sidecar", expect=dict)
         item["latent"] = f"{name}{LATENT_SUFFIX}"
         items.append(item)
     if missing:

@@ -36,6 +36,7 @@ from torch import nn
 from maisi import labels as maisi_labels
 from maisi.errors import CheckpointError, ConfigError, DataError
 from maisi.evaluation.volumes import scale_intensity
+from maisi.io import read_json
 
 FORMAT = "maisi-segmenter"
 CONFIG_NAME = "config.json"
@@ -226,10 +227,7 @@ def read_spec(folder: str | os.PathLike) -> SegmenterSpec:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{folder}: not a segmenter folder (no {CONFIG_NAME})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None
+    raw = read_json(path, error=CheckpointError, what="segmenter config", expect=dict)
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: 'format' must be {FORMAT!r}, got {raw.get('format')!r}")
     known = {f.name for f in dataclasses.fields(SegmenterSpec)}

@@ -8,7 +8,6 @@ a JSON sidecar (``<name>.json``, ``<name>_meta.json`` or ``<name>_image.json``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from maisi.errors import ConfigError, DataError
+from maisi.io import read_json
 
 PathLike = str | os.PathLike
 IMAGE_SUFFIX = "_image"
@@ -46,13 +46,7 @@ class Case:
         """The sidecar as a dict ({} when there is none)."""
         if self.sidecar is None:
             return {}
-        try:
-            data = json.loads(self.sidecar.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{self.sidecar}: not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{self.sidecar}: expected a JSON object")
-        return data
+        return read_json(self.sidecar, what="sidecar", expect=dict)
 
 
 def _stem(path: Path) -> str:

@@ -23,6 +23,7 @@ from torch import nn
 from maisi.config.loading import build_dataclass, to_dict
 from maisi.config.schema import ModelConfig
 from maisi.errors import CheckpointError
+from maisi.io import read_json
 from maisi.networks.builders import COMPONENTS, build, component_config
 
 CONFIG_NAME = "config.json"
@@ -140,10 +141,7 @@ def read_component_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = d / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{d}: not a maisi component folder (no {CONFIG_NAME})")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None
+    meta = read_json(path, error=CheckpointError, what="component config", expect=dict)
     if meta.get("component") not in COMPONENTS:
         raise CheckpointError(
             f"{path}: 'component' must be one of {list(COMPONENTS)}, got {meta.get('component')!r}"

@@ -19,7 +19,6 @@ depend on how it is split over ranks, and resuming needs only ``n``.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import OrderedDict
@@ -34,6 +33,7 @@ import torch
 from maisi import resources
 from maisi.data.encode import LATENT_SUFFIX, SIDECAR_SUFFIX
 from maisi.errors import DataError
+from maisi.io import read_json
 
 DATALIST_NAME = "datalist.json"
 #: cached volumes are kept up to this many bytes (least recently used dropped first)
@@ -174,13 +174,7 @@ def _read_sidecar(latent: Path) -> dict[str, Any]:
     side = latent.with_name(latent.name[: -len(LATENT_SUFFIX)] + SIDECAR_SUFFIX)
     if not side.is_file():
         return {}
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{side}: not valid JSON ({e.msg})") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{side}: expected a JSON object")
-    return meta
+    return read_json(side, what="latent sidecar", expect=dict)
 
 
 def _stem(path: str) -> str:

@@ -7,12 +7,13 @@ NCCL backend on CUDA and gloo on CPU. Only rank 0 writes files.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from maisi.runtime import process_env, resolve_device
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,11 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
         device: ``"cpu"``, ``"cuda"`` (this rank's ``cuda:LOCAL_RANK``) or an explicit device; default CUDA when
             available, else CPU.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    env = process_env()
+    world, rank, local = env.world_size, env.rank, env.local_rank
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+    dev = resolve_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns = False

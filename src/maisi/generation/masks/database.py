@@ -10,7 +10,6 @@ is fitted to the requested grid and its tumours are moved and rescaled inside th
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from maisi.generation.masks.base import MaskSample
 from maisi.generation.masks.file import read_user_mask
 from maisi.generation.request import check_anatomy, check_body_region
 from maisi.generation.seeds import derive_seed
-from maisi.io import write_json
+from maisi.io import read_json, write_json
 
 INDEX_NAME = "masks_index.json"
 INDEX_FORMAT = "maisi-mask-index"
@@ -116,10 +115,7 @@ def load_index(path: str | os.PathLike) -> tuple[list[dict[str, Any]], Path]:
             raise DataError(f"{p.parent}: no {INDEX_NAME}; run `maisi masks index {p.parent}` first")
     if not p.is_file():
         raise DataError(f"{p}: mask database not found")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: not valid JSON ({e})") from None
+    data = read_json(p, what="mask index")
     if isinstance(data, dict) and data.get("format") == INDEX_FORMAT:
         return list(data["masks"]), (p.parent / data.get("root", ".")).resolve()
     if isinstance(data, list):

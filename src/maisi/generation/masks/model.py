@@ -13,7 +13,6 @@ weights; without one they take :data:`DEFAULT_SIZE_VECTOR`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from maisi.errors import DataError
 from maisi.generation.grid import fit_to_grid, spacing_affine
 from maisi.generation.masks.base import MaskSample
 from maisi.generation.seeds import derive_seed, torch_generator
+from maisi.io import read_json
 
 #: spacing (mm) of the official mask-generation model's output (256^3 at 1.5 mm)
 MASK_MODEL_SPACING = 1.5
@@ -53,10 +53,10 @@ def find_size_conditions(root: str | os.PathLike | None) -> Path | None:
 def load_size_conditions(path: str | os.PathLike) -> np.ndarray:
     """Real size vectors ``(N, 10)`` from an official ``all_anatomy_size_condtions.json``."""
     p = Path(path)
+    data = read_json(p, what="size-condition list", expect=list)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
         vectors = np.array([item["organ_size"] for item in data], dtype=np.float64)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{p}: not a size-condition list of {{'organ_size': [10 values]}} ({e})") from None
     if vectors.ndim != 2 or vectors.shape[1] != len(labels.SIZE_SLOTS):
         raise DataError(
