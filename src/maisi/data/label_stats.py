@@ -65,6 +65,8 @@ def label_stats(label: np.ndarray, affine: np.ndarray) -> LabelStats:
         affine: (4, 4) voxel -> world (RAS, mm).
     """
     arr = np.asarray(label)
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)  # ids must index the rank table, not mask it
     affine = np.asarray(affine, dtype=np.float64)
     if arr.ndim != 3:
         raise ValueError(f"label must be 3D (X, Y, Z), got shape {arr.shape}")
@@ -99,12 +101,10 @@ def label_stats(label: np.ndarray, affine: np.ndarray) -> LabelStats:
         r = rank[moved[s, ::step, ::step]]
         m1[:, rows] += np.bincount((r * n1 + rows[:, None]).ravel(), minlength=k * n1).reshape(k, n1)[:, rows]
         m2[:, cols] += np.bincount((r * n2 + cols[None, :]).ravel(), minlength=k * n2).reshape(k, n2)[:, cols]
-    marginals: list = [None, None, None]
-    steps = [1, 1, 1]
-    marginals[slab_axis] = m0
     others = [a for a in range(3) if a != slab_axis]
-    marginals[others[0]], marginals[others[1]] = m1[:-1], m2[:-1]
-    steps[others[0]] = steps[others[1]] = step
+    by_axis = {slab_axis: (m0, 1), others[0]: (m1[:-1], step), others[1]: (m2[:-1], step)}
+    marginals = [by_axis[a][0] for a in range(3)]
+    steps = [by_axis[a][1] for a in range(3)]
     return _summarise(ids, counts[ids], marginals, steps, affine, int(counts[0]), arr.shape)
 
 
@@ -116,7 +116,16 @@ def _max_id(moved: np.ndarray) -> int:
     return int(moved.max())
 
 
-def _summarise(ids, voxels, marginals, steps, affine, background, shape) -> LabelStats:
+def _summarise(
+    ids: np.ndarray,
+    voxels: np.ndarray,
+    marginals: list[np.ndarray],
+    steps: list[int],
+    affine: np.ndarray,
+    background: int,
+    shape: tuple[int, ...],
+) -> LabelStats:
+    """Centroids, extents and truncation from the per-id marginal histograms along the three voxel axes."""
     z_axis = int(np.argmax(np.abs(affine[2, :3])))
     centre = np.full((len(ids), 3), np.nan)
     truncated = np.zeros(len(ids), dtype=bool)
