@@ -564,6 +564,62 @@ def reference_image(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# image alone (the official ``diff_model_infer``): the UNet without ControlNet or mask
+
+
+@torch.no_grad()
+def reference_image_only(
+    nets: ReferenceNetworks,
+    scheduler: Any,
+    spacing: Sequence[float],
+    noise: torch.Tensor,
+    *,
+    num_inference_steps: int,
+    modality: int = 1,
+    top_region: Sequence[int] | None = None,
+    bottom_region: Sequence[int] | None = None,
+    guidance_scale: float = 0.0,
+    decode_window: Sequence[int] = (48, 48, 48),
+    decode_overlap: float = 0.6666,
+    step_generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One image from noise alone, the official image-only way; returns the VAE output ``(X, Y, Z)`` unclipped.
+
+    Guidance as in ``diff_model_infer``: every input batched twice, the second half with class label 0 (the
+    ``unknown`` modality), ``uncond + s * (cond - uncond)``.
+    """
+    unet = nets.diffusion_unet
+    inputs: dict[str, torch.Tensor] = {"spacing_tensor": torch.tensor([list(map(float, spacing))]) * 1e2}
+    if unet.include_top_region_index_input:
+        inputs["top_region_index_tensor"] = torch.tensor([list(map(float, top_region))]) * 1e2
+        inputs["bottom_region_index_tensor"] = torch.tensor([list(map(float, bottom_region))]) * 1e2
+    modality_tensor = modality * torch.ones((1,), dtype=torch.long)
+    latents = noise.clone().float()
+    _set_timesteps(scheduler, num_inference_steps, latents)
+    timesteps = scheduler.timesteps
+    next_timesteps = torch.cat((timesteps[1:], torch.tensor([0], dtype=timesteps.dtype)))
+    for t, next_t in zip(timesteps, next_timesteps):
+        unet_inputs = {"x": latents, "timesteps": torch.Tensor((t,)), **inputs}
+        if unet.num_class_embeds is not None:
+            unet_inputs["class_labels"] = modality_tensor
+        if guidance_scale > 0:
+            for k in list(unet_inputs):
+                if k != "class_labels":
+                    unet_inputs[k] = torch.cat([unet_inputs[k]] * 2)
+                else:
+                    unet_inputs[k] = torch.cat([unet_inputs[k], torch.zeros_like(modality_tensor)])
+            model_t, model_uncond = unet(**unet_inputs).chunk(2)
+            out = model_uncond + guidance_scale * (model_t - model_uncond)
+        else:
+            out = unet(**unet_inputs)
+        latents = _scheduler_step(scheduler, out, t, next_t, latents, step_generator)
+    decoded = decode(
+        nets.autoencoder, latents, nets.scale_factor, window=decode_window, overlap=decode_overlap
+    )
+    return decoded[0, 0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # mask generation
 
 

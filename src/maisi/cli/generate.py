@@ -66,7 +66,11 @@ def register(subparsers) -> None:
         help='relative sizes, e.g. liver=0.5 "hepatic tumor"=0.3',
     )
     g.add_argument("--mask", metavar="FILE", help="your own label map (MAISI or TotalSegmentator ids)")
-    g.add_argument("--mask-source", choices=["auto", "file", "database", "model", "phantom"])
+    g.add_argument(
+        "--mask-source",
+        choices=["auto", "file", "database", "model", "phantom", "none"],
+        help="where the label map comes from; none: the image alone (no ControlNet, no label map)",
+    )
     g.add_argument("--mask-database", metavar="DIR|JSON", help="mask folder indexed by `maisi masks index`")
     g.add_argument(
         "--label-set", metavar="maisi|totalsegmentator|FILE", help="vocabulary of --mask (default auto)"

@@ -259,7 +259,8 @@ class GenerateConfig:
     mask: str | None = None
     #: fit a user mask to ``output_size`` / ``spacing`` (else it keeps its field of view, on the nearest valid grid)
     fit_mask: bool = False
-    mask_source: Literal["auto", "file", "database", "model", "phantom"] = "auto"
+    #: where the label map comes from; ``none`` generates the image alone (no ControlNet, no label map)
+    mask_source: Literal["auto", "file", "database", "model", "phantom", "none"] = "auto"
     mask_database: str | None = None
     keep_only: tuple[str, ...] = ()
     steps: int = 30

@@ -89,3 +89,29 @@ def mri_to_unit(
 def unit_to_mri(unit: Any, low: float, high: float) -> Any:
     """Inverse of :func:`mri_to_unit` given its returned ``(low, high)`` values."""
     return _as_float(unit) * (high - low) + low
+
+
+#: modality ids (``modality_mapping.json``) from this one on are MR; below it CT (0 = unknown is written as CT)
+FIRST_MR_MODALITY = 8
+#: what the official samplers write for MR: the VAE's [0, 1] as [0, 1000]
+MR_OUTPUT_MAX = 1000.0
+
+
+def is_mr(modality_id: int) -> bool:
+    """Whether a modality class id is an MR one (the official rule: ids >= 8)."""
+    return int(modality_id) >= FIRST_MR_MODALITY
+
+
+def unit_to_output(unit: np.ndarray, modality_id: int) -> tuple[np.ndarray, str]:
+    """A generated ``[0, 1]`` image in the units the official samplers write, rounded to int16, and the
+    convention in words (for the sidecar).
+
+    CT: clipped to [0, 1], mapped to [-1000, 1000] HU. MR: ``[0, 1] -> [0, 1000]``, clipped below at 0 only.
+    (The official scripts truncate towards zero when casting; maisi rounds to the nearest integer.)
+    """
+    unit = np.asarray(unit, dtype=np.float32)
+    if is_mr(modality_id):
+        out = np.rint(np.clip(unit, 0.0, None) * MR_OUTPUT_MAX)
+        return out.clip(0, np.iinfo(np.int16).max).astype(np.int16), "MR: [0, 1] -> [0, 1000], clipped at 0"
+    hu = np.rint(unit_to_ct(unit)).astype(np.int16)
+    return hu, f"CT: [0, 1] -> [{CT_MIN_HU:g}, {CT_MAX_HU:g}] HU"

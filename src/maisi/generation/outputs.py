@@ -27,13 +27,16 @@ def sample_paths(
     index: int,
     *,
     image_ext: str = ".nii.gz",
-    label_ext: str = ".nii.gz",
+    label_ext: str | None = ".nii.gz",
     preview: bool = True,
 ) -> dict[str, Path]:
-    """Output files of sample ``index`` (keys ``image``, ``label``, ``preview`` (when wanted), ``sidecar``)."""
+    """Output files of sample ``index`` (keys ``image``, ``label`` (unless ``label_ext`` is None: image-only
+    generation), ``preview`` (when wanted), ``sidecar``)."""
     d = Path(output_dir)
     stem = f"{PREFIX}{index:05d}"
-    paths = {"image": d / f"{stem}_image{image_ext}", "label": d / f"{stem}_label{label_ext}"}
+    paths = {"image": d / f"{stem}_image{image_ext}"}
+    if label_ext is not None:
+        paths["label"] = d / f"{stem}_label{label_ext}"
     if preview:
         paths["preview"] = d / f"{stem}_preview.png"
     paths["sidecar"] = d / f"{stem}.json"
@@ -76,11 +79,12 @@ def write_sample(
     paths: dict[str, Path],
     *,
     image: np.ndarray,
-    label: np.ndarray,
+    label: np.ndarray | None,
     affine: np.ndarray,
     spacing: Any,
     sidecar: dict[str, Any],
     preview_label: np.ndarray | None = None,
+    window: tuple[float, float] | None = None,
 ) -> dict[str, str]:
     """Write the files of one sample (sidecar last); returns ``{kind: path}``.
 
@@ -89,8 +93,9 @@ def write_sample(
 
     Args:
         image: (X, Y, Z) int16 HU (or float32 for non-CT modalities).
-        label: (X, Y, Z) uint8 MAISI ids (as written: full or filtered).
+        label: (X, Y, Z) uint8 MAISI ids (as written: full or filtered); None for image-only generation.
         preview_label: label map shown in the preview (default ``label``).
+        window: intensity window of the preview (default CT's [-1000, 1000] HU).
     """
     from maisi.data.nifti import save_nifti
     from maisi.generation.preview import preview_png
@@ -99,10 +104,11 @@ def write_sample(
     written = {}
     save_nifti(paths["image"], image, affine, dtype=image.dtype)
     written["image"] = str(paths["image"])
-    save_nifti(paths["label"], label, affine, dtype=np.uint8)
-    written["label"] = str(paths["label"])
+    if label is not None:
+        save_nifti(paths["label"], label, affine, dtype=np.uint8)
+        written["label"] = str(paths["label"])
     if "preview" in paths:
-        png = preview_png(image, label if preview_label is None else preview_label, spacing)
+        png = preview_png(image, label if preview_label is None else preview_label, spacing, window=window)
         atomic_write(paths["preview"], lambda tmp: tmp.write_bytes(png))
         written["preview"] = str(paths["preview"])
     written["sidecar"] = str(paths["sidecar"])

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from maisi.config.schema import Config
+from maisi.data.intensity import is_mr, unit_to_output
 from maisi.generation.masks import MaskSample, MaskSource, make_mask_source
 from maisi.generation.plan import Plan, plan_generation
 from maisi.generation.seeds import derive_seed, torch_generator
 from maisi.generation.sidecar import Outcome, build_sidecar
-from maisi.generation.synthesis import sampling_networks, synthesise, unit_to_hu
+from maisi.generation.synthesis import sampling_networks, synthesise
 from maisi.performance import Speedups, accelerate, dtype_warning
 from maisi.runtime import compute_dtype
 
@@ -184,8 +185,9 @@ def _start(
     if model_set is None:
         model_set = load_weights(plan.weights, components=plan.components, base=cfg.model, device=plan.device)
         check_model_keys(cfg, model_set, plan.components)
-    for name in ("vae", "unet", "controlnet"):
-        model_set[name].to(plan.device).eval()
+    for name in plan.components:
+        if name in ("vae", "unet", "controlnet"):  # the mask networks go to the device in their own stage
+            model_set[name].to(plan.device).eval()
     if source is None:
         source = make(model_set=model_set, device=plan.device, progress=progress)
     codec = LatentCodec.from_model_set(
@@ -223,7 +225,11 @@ def _paths(plan: Plan, index: int) -> dict[str, Path]:
 
     gen = plan.request
     return sample_paths(
-        gen.output_dir, index, image_ext=gen.image_ext, label_ext=gen.label_ext, preview=gen.preview
+        gen.output_dir,
+        index,
+        image_ext=gen.image_ext,
+        label_ext=gen.label_ext if plan.mask_source != "none" else None,
+        preview=gen.preview,
     )
 
 
@@ -266,10 +272,10 @@ def _attempt(run: _Run, indices: list[int], attempts: list[int]) -> list[_Attemp
     t_mask = (time.perf_counter() - t0) / len(indices)
     groups: dict[tuple[int, ...], list[int]] = {}
     for k, m in enumerate(masks):
-        groups.setdefault(tuple(m.label.shape), []).append(k)
+        groups.setdefault(m.shape, []).append(k)
     out: list[Any] = [None] * len(indices)
     for ks in groups.values():
-        drawn = [_noise(run, indices[k], attempts[k], masks[k].label.shape) for k in ks]
+        drawn = [_noise(run, indices[k], attempts[k], masks[k].shape) for k in ks]
         sampler_seeds = [derive_seed(gen.seed, indices[k], attempts[k], stream="sampler") for k in ks]
         unit, timings = synthesise(
             run.model_set,
@@ -296,19 +302,33 @@ def _attempt(run: _Run, indices: list[int], attempts: list[int]) -> list[_Attemp
 
 
 def _check(run: _Run, made: _Attempt, attempt: int, history: list[dict]) -> tuple[np.ndarray, dict | None]:
-    """HU image and quality check of one attempt; appends the attempt to ``history``."""
+    """The image in output units and its quality check (CT with a label map only); appends the attempt to
+    ``history``."""
     from maisi.generation.qc import check_organ_medians
 
-    gen = run.plan.request
     t0 = time.perf_counter()
-    is_ct = gen.modality.startswith("ct")
-    unit = made.unit.numpy()
-    image = unit_to_hu(unit) if is_ct else unit.astype(np.float32)
-    qc = check_organ_medians(image, made.mask.label) if (gen.qc and is_ct) else None
+    image, _ = unit_to_output(made.unit.numpy(), run.plan.modality)
+    qc = check_organ_medians(image, made.mask.label) if _checked(run.plan) else None
     made.timings["qc_s"] = round(time.perf_counter() - t0, 4)
     passed = None if qc is None else qc["passed"]
     history.append({"attempt": attempt, "passed": passed, "mask_source": made.mask.source})
     return image, qc
+
+
+def _checked(plan: Plan) -> bool:
+    """Whether the organ median-HU quality check runs: asked for, CT, and a label map to find the organs in."""
+    return _qc_reason(plan) is None
+
+
+def _qc_reason(plan: Plan) -> str | None:
+    """Why the quality check does not run (None when it does)."""
+    if plan.mask_source == "none":
+        return "image-only generation: no label map to find the organs in"
+    if is_mr(plan.modality):
+        return "MR: the organ median-HU check is defined for CT"
+    if not plan.request.qc:
+        return "turned off (--no-qc)"
+    return None
 
 
 def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample]:
@@ -316,8 +336,7 @@ def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample
     from maisi.generation.request import fov_warnings
 
     gen = run.plan.request
-    checked = gen.qc and gen.modality.startswith("ct")
-    retries = gen.qc_retries if (checked and run.initial_noise is None) else 0
+    retries = gen.qc_retries if (_checked(run.plan) and run.initial_noise is None) else 0
     samples = []
     for index, made in zip(indices, _attempt(run, indices, [0] * len(indices))):
         history: list[dict] = []
@@ -337,16 +356,18 @@ def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample
             qc=qc,
             history=history,
             timings=made.timings,
-            warnings=fov_warnings(mask.label.shape, mask.spacing) + mask.changes,
+            warnings=fov_warnings(mask.shape, mask.spacing) + mask.changes,
         )
         facts = {
             "model_config": run.model_set.config,
             "weights": run.identity,
             "digest": run.plan.digest(index, run.identity),
             "noise_source": run.noise_source,
+            "qc_reason": _qc_reason(run.plan),
         }
-        keep = run.plan.keep_ids
-        written = np.where(np.isin(mask.label, keep), mask.label, 0).astype(np.uint8) if keep else mask.label
+        keep, written = run.plan.keep_ids, mask.label
+        if keep and mask.label is not None:
+            written = np.where(np.isin(mask.label, keep), mask.label, 0).astype(np.uint8)
         samples.append(
             Sample(
                 index=index,
@@ -373,6 +394,7 @@ def _write(run: _Run, s: Sample) -> None:
         spacing=s.spacing,
         sidecar=s.metadata,
         preview_label=s.condition,
+        window=(0.0, float(np.percentile(s.image, 99.5)) or 1.0) if is_mr(run.plan.modality) else None,
     )
 
 

@@ -113,6 +113,8 @@ def plan_generation(
     if mask_source is None:
         check_source(kind, gen, info)
     components = IMAGE_COMPONENTS + (MASK_COMPONENTS if kind == "model" else ())
+    if kind == "none":
+        components = tuple(c for c in IMAGE_COMPONENTS if c != "controlnet")
     wanted = range(gen.num_samples) if indices is None else indices
     return Plan(
         request=gen,

@@ -35,53 +35,76 @@ def label_colors(max_id: int = 255) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def _panels(hu: np.ndarray, lab: np.ndarray, aspect: float, colors: np.ndarray):
-    """The grey panel and the overlay panel of one slice."""
+def _panels(
+    hu: np.ndarray, lab: np.ndarray | None, aspect: float, colors: np.ndarray, window: Sequence[float]
+):
+    """The grey panel and the overlay panel of one slice (the grey panel alone without a label map)."""
     from PIL import Image
 
-    lo, hi = WINDOW_HU
+    lo, hi = window
     gray = ((np.clip(hu, lo, hi) - lo) / (hi - lo) * 255).astype(np.float32)
     rgb = np.repeat(gray[..., None], 3, axis=2)
-    plain = rgb.round().astype(np.uint8)
-    show = (lab > 0) & (lab != labels.BODY)
-    rgb[show] = (1 - ALPHA) * rgb[show] + ALPHA * colors[lab[show]].astype(np.float32)
+    panels = [rgb.round().astype(np.uint8)]
+    if lab is not None:
+        show = (lab > 0) & (lab != labels.BODY)
+        rgb[show] = (1 - ALPHA) * rgb[show] + ALPHA * colors[lab[show]].astype(np.float32)
+        panels.append(rgb.round().astype(np.uint8))
     size = (max(1, int(round(PANEL_HEIGHT * aspect))), PANEL_HEIGHT)
-    return [
-        Image.fromarray(a).resize(size, resample=Image.NEAREST) for a in (plain, rgb.round().astype(np.uint8))
-    ]
+    return [Image.fromarray(a).resize(size, resample=Image.NEAREST) for a in panels]
 
 
-def preview_image(image_hu: np.ndarray, label: np.ndarray, spacing: Sequence[float]):
+def _views(volume: np.ndarray) -> list[np.ndarray]:
+    """Axial, coronal and sagittal mid-slices (rows top->bottom; X reversed: the patient's right on the left)."""
+    nx, ny, nz = volume.shape
+    return [volume[::-1, ::-1, nz // 2].T, volume[::-1, ny // 2, ::-1].T, volume[nx // 2, ::-1, ::-1].T]
+
+
+def preview_image(
+    image_hu: np.ndarray,
+    label: np.ndarray | None,
+    spacing: Sequence[float],
+    *,
+    window: Sequence[float] | None = None,
+):
     """The preview as a PIL image.
 
     Args:
-        image_hu: (X, Y, Z) CT in HU (RAS).
-        label: (X, Y, Z) MAISI ids.
+        image_hu: (X, Y, Z) image (RAS): CT in HU, or MR in its output units.
+        label: (X, Y, Z) MAISI ids; None (image-only generation) shows the grey panels alone.
         spacing: voxel size, mm.
+        window: intensity window (default :data:`WINDOW_HU`, for CT).
     """
     from PIL import Image
 
     colors = label_colors()
     sx, sy, sz = (float(s) for s in spacing)
     nx, ny, nz = image_hu.shape
-    lab = np.clip(label, 0, 255).astype(np.int64)
-    # rows top->bottom, columns left->right; X reversed so the patient's right is on the left
-    axial = (image_hu[::-1, ::-1, nz // 2].T, lab[::-1, ::-1, nz // 2].T, (nx * sx) / (ny * sy))
-    coronal = (image_hu[::-1, ny // 2, ::-1].T, lab[::-1, ny // 2, ::-1].T, (nx * sx) / (nz * sz))
-    sagittal = (image_hu[nx // 2, ::-1, ::-1].T, lab[nx // 2, ::-1, ::-1].T, (ny * sy) / (nz * sz))
-    pairs = [_panels(h, l_, a, colors) for h, l_, a in (axial, coronal, sagittal)]
-    width = sum(g.width + PAIR_GAP + o.width for g, o in pairs) + VIEW_GAP * (len(pairs) - 1)
+    aspects = ((nx * sx) / (ny * sy), (nx * sx) / (nz * sz), (ny * sy) / (nz * sz))
+    labs = _views(np.clip(label, 0, 255).astype(np.int64)) if label is not None else [None] * 3
+    views = [
+        _panels(h, l_, a, colors, window or WINDOW_HU) for h, l_, a in zip(_views(image_hu), labs, aspects)
+    ]
+    width = sum(sum(p.width for p in v) + PAIR_GAP * (len(v) - 1) for v in views) + VIEW_GAP * (
+        len(views) - 1
+    )
     canvas = Image.new("RGB", (width, PANEL_HEIGHT))
     x = 0
-    for grey, overlay in pairs:
-        canvas.paste(grey, (x, 0))
-        canvas.paste(overlay, (x + grey.width + PAIR_GAP, 0))
-        x += grey.width + PAIR_GAP + overlay.width + VIEW_GAP
+    for view in views:
+        for panel in view:
+            canvas.paste(panel, (x, 0))
+            x += panel.width + PAIR_GAP
+        x += VIEW_GAP - PAIR_GAP
     return canvas
 
 
-def preview_png(image_hu: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> bytes:
+def preview_png(
+    image_hu: np.ndarray,
+    label: np.ndarray | None,
+    spacing: Sequence[float],
+    *,
+    window: Sequence[float] | None = None,
+) -> bytes:
     """The preview encoded as PNG bytes (deterministic for the same input)."""
     buf = io.BytesIO()
-    preview_image(image_hu, label, spacing).save(buf, format="PNG")
+    preview_image(image_hu, label, spacing, window=window).save(buf, format="PNG")
     return buf.getvalue()

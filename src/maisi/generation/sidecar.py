@@ -21,9 +21,10 @@ from maisi.generation.masks.base import MaskSample
 def organ_sizes(
     requested: dict[str, float], mask: MaskSample, label: np.ndarray
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Requested vs realised size of each requested organ, and the volume (mL) of every label present."""
+    """Requested vs realised size of each requested organ, and the volume (mL) of every label present (none
+    without a label map)."""
     voxel_ml = float(np.prod(mask.spacing)) / 1000.0
-    ids, counts = np.unique(label, return_counts=True)
+    ids, counts = np.unique(label, return_counts=True) if label is not None else ((), ())
     volumes = {labels.name_of(int(i)): round(float(c) * voxel_ml, 3) for i, c in zip(ids, counts) if i}
     sizes = {}
     for name, value in requested.items():
@@ -65,6 +66,7 @@ def build_sidecar(o: Outcome, *, plan: Any, run: dict[str, Any]) -> dict[str, An
     """
     from maisi import __version__
     from maisi.config import to_dict
+    from maisi.data.intensity import unit_to_output
 
     gen, label = plan.request, o.mask.label
     sizes, volumes = organ_sizes(gen.organ_sizes, o.mask, label)
@@ -85,15 +87,18 @@ def build_sidecar(o: Outcome, *, plan: Any, run: dict[str, Any]) -> dict[str, An
         "weights": run["weights"],
         "mask": {"source": o.mask.source, "info": o.mask.info, "changes": o.mask.changes},
         "output": {
-            "size": list(label.shape),
+            "size": list(o.mask.shape),
             "spacing": list(o.mask.spacing),
             "affine": o.mask.affine.tolist(),
             "image_dtype": str(o.image.dtype),
-            "label_ids": "MAISI",
+            "intensity": unit_to_output(np.zeros(1, np.float32), plan.modality)[1],
+            "modality": {"name": gen.modality, "id": plan.modality},
+            "label_ids": "MAISI" if label is not None else None,
             "keep_only": [labels.name_of(i) for i in plan.keep_ids],
         },
         "qc": {
             "enabled": qc is not None,
+            "reason": run.get("qc_reason"),
             "passed": None if qc is None else qc["passed"],
             "organs": None if qc is None else qc["organs"],
             "attempts": o.history,

@@ -25,6 +25,7 @@ from maisi.conditioning import (
     spacing_input,
     without_tumors,
 )
+from maisi.data.intensity import is_mr
 from maisi.errors import RequestError
 from maisi.generation.masks.base import MaskSample
 from maisi.performance import Speedups, accelerate
@@ -48,12 +49,18 @@ def build_denoiser(
     controlnet_scale: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ):
-    """The ``denoiser(x, t)`` closure of a batch of label maps (all on one grid)."""
+    """The ``denoiser(x, t)`` closure of a batch of label maps (all on one grid), or of grids without label maps
+    (image-only generation: the UNet alone, guided by dropping the modality class as the official
+    ``diff_model_infer`` does)."""
     from maisi.diffusion import make_denoiser
 
     cfg = model_set.config
-    label = torch.from_numpy(np.stack([m.label for m in masks]))[:, None]
-    control = binarize_labels(label).to(device)
+    paired = masks[0].label is not None
+    control = (
+        binarize_labels(torch.from_numpy(np.stack([m.label for m in masks]))[:, None]).to(device)
+        if paired
+        else None
+    )
     spacing = torch.cat([spacing_input(m.spacing) for m in masks]).to(device)
     kwargs: dict[str, Any] = {"spacing": spacing}
     if cfg.unet.num_class_embeds is not None:
@@ -62,14 +69,14 @@ def build_denoiser(
         regions = [regions_for(m.label, requested_regions) for m in masks]
         kwargs["top_region"] = torch.cat([region_input(top) for top, _ in regions]).to(device)
         kwargs["bottom_region"] = torch.cat([region_input(bottom) for _, bottom in regions]).to(device)
-    if guidance > 0:
+    if guidance > 0 and paired:
         free = [without_tumors(m.label) for m in masks]
         if any(not np.array_equal(f, m.label) for f, m in zip(free, masks)):
             kwargs["uncond_control"] = binarize_labels(torch.from_numpy(np.stack(free))[:, None]).to(device)
     try:
         base = make_denoiser(
             model_set["unet"],
-            controlnet=model_set["controlnet"],
+            controlnet=model_set["controlnet"] if paired else None,
             control=control,
             conditioning_scale=controlnet_scale,
             guidance_scale=guidance,
@@ -113,12 +120,13 @@ def synthesise(
             (default: none; :func:`maisi.generation.generate` passes its own).
 
     Returns:
-        ``(image in [0, 1] (B, 1, X, Y, Z) float32 on the CPU, with 0 outside the body; timings in seconds)``.
+        ``(image in [0, 1] (B, 1, X, Y, Z) float32 on the CPU, with 0 outside the body of a label map; MR not
+        clipped above 1; timings in seconds)``.
     """
     from maisi.diffusion import sample
 
     device = torch.device(device)
-    shapes = {m.label.shape for m in masks}
+    shapes = {m.shape for m in masks}
     if len(shapes) != 1:
         raise ValueError(f"a batch needs label maps of one shape, got {sorted(shapes)}")
     t0 = time.perf_counter()
@@ -147,22 +155,17 @@ def synthesise(
         image = codec.decode(latent)
         _sync(device)
         t2 = time.perf_counter()
-    unit = image.float().clamp(0.0, 1.0).cpu()
-    body = torch.from_numpy(np.stack([m.label for m in masks]))[:, None] > 0
-    unit = torch.where(body, unit, torch.zeros((), dtype=unit.dtype))  # -1000 HU outside the body
+    unit = image.float().cpu()
+    unit = unit.clamp(0.0, 1.0) if not is_mr(modality) else unit.clamp_min(0.0)  # MR keeps its bright tail
+    if masks[0].label is not None:
+        body = torch.from_numpy(np.stack([m.label for m in masks]))[:, None] > 0
+        unit = torch.where(body, unit, torch.zeros((), dtype=unit.dtype))  # -1000 HU outside the body
     return unit, {"sampling_s": round(t1 - t0, 4), "decode_s": round(t2 - t1, 4)}
 
 
 def sampling_networks(model_set: Any, codec: Any) -> list[torch.nn.Module]:
     """The networks :func:`synthesise` runs (and :func:`maisi.performance.accelerate` speeds up)."""
-    return [model_set["unet"], model_set["controlnet"], codec.vae]
-
-
-def unit_to_hu(unit: np.ndarray) -> np.ndarray:
-    """``[0, 1]`` -> int16 HU in ``[-1000, 1000]`` (rounded to the nearest HU)."""
-    from maisi.data.intensity import unit_to_ct
-
-    return np.rint(unit_to_ct(np.asarray(unit, dtype=np.float32))).astype(np.int16)
+    return [model_set[n] for n in ("unet", "controlnet") if n in model_set] + [codec.vae]
 
 
 def _sync(device: torch.device) -> None:

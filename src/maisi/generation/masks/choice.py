@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from maisi import labels
 from maisi.config.schema import GenerateConfig
 from maisi.errors import RequestError
-from maisi.generation.masks.base import MaskSource
+from maisi.generation.masks.base import GridSource, MaskSource
 from maisi.generation.masks.file import FileMaskSource
 from maisi.generation.masks.phantom import PhantomMaskSource
 from maisi.generation.request import check_output_size, check_spacing
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from maisi.generation.weights import WeightsInfo
 
 
-#: mask sources that draw their own map (all but a user's file)
-KINDS = ("file", "database", "model", "phantom")
+#: the mask sources (``none``: image-only generation)
+KINDS = ("file", "database", "model", "phantom", "none")
 
 
 def choose_source_kind(gen: GenerateConfig, weights: WeightsInfo | None) -> str:
@@ -83,6 +83,8 @@ def make_mask_source(
             label_set=label_set,
         )
     size, spacing = check_output_size(gen.output_size), check_spacing(gen.spacing)
+    if kind == "none":
+        return GridSource(size=size, spacing=spacing)
     if kind == "database":
         from maisi.generation.masks.database import DatabaseMaskSource
 
