@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maisi.conditioning import binarize_labels, tumor_mask, without_tumors
 from maisi.diffusion import diffusion_loss, make_denoiser, randn, region_weight, sample
 from maisi.errors import DataError
-from maisi.conditioning import binarize_labels, without_tumors
 from maisi.networks import build
-from maisi.conditioning import tumor_mask
 from maisi.training.datasets import PREVIEW_STREAM, Case, sample_generator
 from maisi.training.tasks.base import (
     SavedComponent,

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from maisi.conditioning import INPUT_SCALE
 from maisi.diffusion import diffusion_loss, make_denoiser, randn, sample, scheduler_from_config
 from maisi.errors import DataError
-from maisi.conditioning import INPUT_SCALE
 from maisi.networks import build
 from maisi.training.datasets import PREVIEW_STREAM, SETUP_STREAM, VAL_STREAM, Case, sample_generator
 from maisi.training.tasks.base import (

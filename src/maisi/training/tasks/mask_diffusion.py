@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from maisi.conditioning import binarize_labels, mask_channels_to_ids, size_vector_from_label
 from maisi.diffusion import make_denoiser, randn, sample
 from maisi.errors import ConfigError
-from maisi.conditioning import binarize_labels
-from maisi.conditioning import mask_channels_to_ids, size_vector_from_label
 from maisi.training.datasets import PREVIEW_STREAM, Case, sample_generator
 from maisi.training.tasks.base import SavedComponent
 from maisi.training.tasks.diffusion import PREVIEW_STEPS, DiffusionTask

@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from maisi.conditioning import binarize_labels
+from maisi.conditioning import binarize_labels, ids_to_mask_channels, mask_channels_to_ids
 from maisi.labels import MASK_CLASSES
 from maisi.networks import build
-from maisi.conditioning import ids_to_mask_channels, mask_channels_to_ids
 from maisi.training.tasks.base import (
     SampledVAE,
     SavedComponent,
