@@ -224,7 +224,7 @@ BAD_CLI = [
     (["--anatomy", "livr"], "unknown anatomy name 'livr'"),
     (["--organ-size", "liver=big"], "'big' is not a number"),
     (["--mask", "{tmp}/junk.nii.gz"], "junk.nii.gz: not a readable NIfTI file"),
-    (["--mask", "{tmp}/odd.nii.gz"], "label ids [250] are neither MAISI nor TotalSegmentator ids"),
+    (["--mask", "{tmp}/odd.nii.gz"], "ids [250] are in no built-in vocabulary"),
     (["--weights", "{tmp}/nowhere"], "nowhere: weights folder not found"),
     (["--weights", "rflow-ct"], "run `maisi download rflow-ct` first"),
     (["--weights", "demo"], "no_demo (an incomplete install? reinstall maisi)"),

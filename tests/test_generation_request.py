@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from maisi import conditioning
 from maisi.config import GenerateConfig
 from maisi.errors import DataError, RequestError
-from maisi import conditioning
 from maisi.generation import grid, qc, request, seeds
-from maisi.generation.masks import FileMaskSource, PhantomMaskSource, read_user_mask
+from maisi.generation.masks import FileMaskSource, PhantomMaskSource
 from maisi.generation.masks.database import (
     DatabaseMaskSource,
     augment_tumors,
@@ -223,7 +223,8 @@ def test_file_source_maps_totalsegmentator_and_adds_body():
     src = FileMaskSource(DATA / "example_seg.nii.gz")
     s = src(0)
     assert s.label.shape == (128, 96, 32) and s.spacing == (3.0, 3.0, 3.0)
-    assert s.info["vocabulary"] == "totalsegmentator" and s.info["body_added"]
+    assert s.info["vocabulary"] == "totalsegmentator-v2" and s.info["body_added"]
+    assert s.info["label_mapping"]["vocabulary"] == "totalsegmentator-v2"
     vol = load_nifti(DATA / "example_seg.nii.gz", kind="label")
     expect = add_body_from_label(LabelMapping.from_totalsegmentator().apply(vol.array), vol.spacing)
     # 122 -> 128 pads 3 before, 101 -> 96 crops 2 before, 30 -> 32 pads 1 before
@@ -251,8 +252,8 @@ def test_file_source_errors(tmp_path):
     label = np.zeros((8, 8, 8), np.uint8)
     label[2:4] = 250
     label[5:7] = 1
-    with pytest.raises(DataError, match=r"label ids \[250\] are neither MAISI nor TotalSegmentator ids"):
-        read_user_mask(_write_label(tmp_path / "odd.nii.gz", label))
+    with pytest.raises(DataError, match=r"odd\.nii\.gz: .*\[250\]"):
+        FileMaskSource(_write_label(tmp_path / "odd.nii.gz", label))
 
 
 def test_phantom_source_maps_relative_size_to_volume():
@@ -284,29 +285,37 @@ def test_size_vector_completion_takes_the_nearest_real_vector():
 
 
 def test_database_index_retrieval_and_augmentation(tmp_path):
-    folder = tmp_path / "masks"
-    folder.mkdir()
-    shutil.copy(DATA / "example_seg.nii.gz", folder / "ts.nii.gz")
-    liver = np.zeros((40, 40, 40), np.uint8)
-    liver[5:35, 5:35, 5:35] = 1
-    liver[15:20, 15:20, 15:20] = 26
-    _write_label(folder / "tumor.nii.gz", liver)
-    (folder / "broken.nii.gz").write_bytes(b"junk")
-    path = index_masks(folder)
-    entries, root = load_index(folder)
-    assert [e["pseudo_label_filename"] for e in entries] == ["ts.nii.gz", "tumor.nii.gz"]
+    from maisi.generation.masks import LabelReading
+
+    ts = tmp_path / "ts"
+    ts.mkdir()
+    shutil.copy(DATA / "example_seg.nii.gz", ts / "ts.nii.gz")
+    (ts / "broken.nii.gz").write_bytes(b"junk")
+    path = index_masks(ts)  # auto: the TotalSegmentator map is told apart from evidence
+    entries, root = load_index(ts)
+    assert [e["pseudo_label_filename"] for e in entries] == ["ts.nii.gz"]
     assert json.loads(path.read_text())["skipped"][0]["file"] == "broken.nii.gz"
-    assert entries[0]["vocabulary"] == "totalsegmentator" and entries[0]["dim"] == [122, 101, 30]
+    assert entries[0]["vocabulary"] == "totalsegmentator-v2" and entries[0]["dim"] == [122, 101, 30]
+    assert entries[0]["path"] == str((ts / "ts.nii.gz").resolve()) and root == ts.resolve()
     assert closeness(entries[0], (128, 96, 32), (3.0, 3.0, 3.0)) == pytest.approx(
         (18 + 15 + 6) / 10 + (6 + 5 + 2) / 100
     )
     with pytest.raises(FileExistsError):
-        index_masks(folder)
+        index_masks(ts)
+    # MAISI masks (too small for auto-detection to have evidence: indexed as maisi)
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    liver = np.zeros((40, 40, 40), np.uint8)
+    liver[5:35, 5:35, 5:35] = 1
+    _write_label(folder / "liver.nii.gz", liver)
+    liver[15:20, 15:20, 15:20] = 26
+    _write_label(folder / "tumor.nii.gz", liver)
+    index_masks(folder, reading=LabelReading("maisi"))
     # a tumour mask is retrieved only when the tumour is requested
     src = DatabaseMaskSource(
         folder, size=(64, 64, 64), spacing=(3.0, 3.0, 3.0), anatomy=("liver",), body_region=()
     )
-    assert [c["pseudo_label_filename"] for c in src.candidates] == ["ts.nii.gz"]
+    assert [c["pseudo_label_filename"] for c in src.candidates] == ["liver.nii.gz"]
     src = DatabaseMaskSource(folder, size=(64, 64, 64), spacing=(3.0, 3.0, 3.0), anatomy=("hepatic tumor",))
     s = src(0)
     record = s.info["tumor_augmentation"][0]
@@ -314,6 +323,26 @@ def test_database_index_retrieval_and_augmentation(tmp_path):
     assert record["survival"] >= 0.8 and np.count_nonzero(s.label == 26) == record["voxels_after"]
     with pytest.raises(RequestError, match="none of 2 indexed masks holds anatomy"):
         DatabaseMaskSource(folder, size=(64, 64, 64), spacing=(3.0, 3.0, 3.0), anatomy=("brain",))
+
+
+def test_database_entries_must_stay_inside_the_database_folder(tmp_path):
+    """An index naming a file outside its folder (``../``, an absolute path) is refused before any file is read."""
+    secret = tmp_path / "secret.nii.gz"
+    _write_label(secret, np.ones((8, 8, 8), np.uint8))
+    db = tmp_path / "db"
+    db.mkdir()
+    for name in ("../secret.nii.gz", str(secret)):
+        index = {
+            "format": "maisi-mask-index",
+            "version": 1,
+            "root": ".",
+            "masks": [{"pseudo_label_filename": name}],
+        }
+        (db / "masks_index.json").write_text(json.dumps(index))
+        with pytest.raises(
+            DataError, match=r"masks_index\.json: entry 0: .* lies outside the database folder"
+        ):
+            load_index(db)
 
 
 def test_tumour_augmentation_keeps_the_tumour_inside_its_host():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -266,14 +267,7 @@ def test_detection_statistics_match_a_direct_computation(seg):
 
 # ------------------------------------------------------------------------- the other readers of label maps
 
-#: remove when generation reads user masks with read_label_map (its files belong to the generation engineer)
-NOT_YET_SWITCHED = pytest.mark.xfail(
-    strict=True,
-    reason="generate --mask and masks index still read masks with detect_label_set (issue #23 hand-over)",
-)
 
-
-@NOT_YET_SWITCHED
 def test_generate_mask_records_the_report_and_refuses_custom_ids(cases):
     from maisi.generation import FileMaskSource
 
@@ -284,7 +278,6 @@ def test_generate_mask_records_the_report_and_refuses_custom_ids(cases):
         FileMaskSource(cases["custom"])
 
 
-@NOT_YET_SWITCHED
 def test_masks_index_skips_custom_ids_with_the_reason(tmp_path, cases, capsys):
     import shutil
 
@@ -299,3 +292,32 @@ def test_masks_index_skips_custom_ids_with_the_reason(tmp_path, cases, capsys):
     assert "cannot tell the label vocabulary" in out
     index = json.loads((tmp_path / "db" / "masks_index.json").read_text())
     assert index["masks"][0]["vocabulary"] == "totalsegmentator-v1"
+
+
+def test_generate_refuses_a_custom_map_under_auto_and_reads_it_with_its_names_file(
+    cases, expected, tmp_path, capsys, tmp_path_factory
+):
+    """``maisi generate --mask custom.nii.gz``: refused in one line before any network is loaded; with
+    ``--label-set custom_names.json`` the written label map is the v2 example in MAISI ids (plus body), the mapping
+    report is in the sidecar, and ``--verbose`` prints its table."""
+    from maisi.cli import main
+    from test_generation_common import session_weights
+
+    weights = session_weights(tmp_path_factory)
+    args = ["generate", "--preset", "tiny", "--weights", str(weights), "--mask", str(cases["custom"])]
+    args += ["--steps", "1", "--no-qc", "--no-preview"]
+    assert main([*args, "--output-dir", str(tmp_path / "auto")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "custom.nii.gz: cannot tell the label vocabulary" in err
+    assert not (tmp_path / "auto").exists()
+    named = ["--label-set", str(cases["custom_names"]), "--verbose", "--output-dir", str(tmp_path / "named")]
+    assert main([*args, *named]) == 0
+    out = capsys.readouterr().out
+    assert "source name" in out and "-> MAISI" in out and " liver " in out
+    meta = json.loads((tmp_path / "named" / "sample_00000.json").read_text())
+    report = meta["mask"]["info"]["label_mapping"]
+    assert report["vocabulary"] == str(cases["custom_names"]) == meta["mask"]["info"]["vocabulary"]
+    assert {row["maisi_name"] for row in report["labels"] if row["status"] == "mapped"} >= {"liver", "spleen"}
+    written = np.asarray(nib.load(tmp_path / "named" / "sample_00000_label.nii.gz").dataobj)
+    organs = set(np.unique(written).tolist()) - {0, 200}
+    assert organs == set(np.unique(expected).tolist()) - {0}  # every organ of the example, as MAISI ids

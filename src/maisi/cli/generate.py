@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maisi.cli.common import add_config_args, print_config, resolve_config
+from maisi.cli.common import add_config_args, add_label_args, label_overlay, print_config, resolve_config
 from maisi.errors import RequestError
 
 #: option dest -> GenerateConfig field, for options whose value is copied as given
@@ -72,9 +72,8 @@ def register(subparsers) -> None:
         help="where the label map comes from; none: the image alone (no ControlNet, no label map)",
     )
     g.add_argument("--mask-database", metavar="DIR|JSON", help="mask folder indexed by `maisi masks index`")
-    g.add_argument(
-        "--label-set", metavar="maisi|totalsegmentator|FILE", help="vocabulary of --mask (default auto)"
-    )
+    add_label_args(g, defaults=False)
+    g.add_argument("--verbose", action="store_true", help="print the mapping table of a --mask file")
     g.add_argument("--keep-only", nargs="+", metavar="NAME", help="write only these labels (MAISI ids kept)")
     s = p.add_argument_group("sampling")
     s.add_argument("--num-samples", type=int, metavar="N")
@@ -132,8 +131,8 @@ def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.mask is not None and (args.output_size is not None or args.spacing is not None):
         gen["fit_mask"] = True  # a grid asked for beside a mask: fit the mask to it
     out: dict[str, Any] = {"generate": gen} if gen else {}
-    if args.label_set is not None:
-        out["data"] = {"label_set": args.label_set}
+    if label_overlay(args):
+        out["data"] = label_overlay(args)
     return out
 
 
@@ -146,8 +145,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(cfg, plan=plan_generation(cfg).describe())
         return 0
-    made = 0
+    made, shown = 0, set()
     for s in stream(cfg, progress=args.progress, keep_arrays=False):
+        report = s.metadata["mask"]["info"].get("label_mapping")
+        if args.verbose and report is not None and report.get("file") not in shown:
+            from maisi.data.labelmaps import format_report
+
+            shown.add(report.get("file"))
+            print(format_report(report))
         qc = s.metadata["qc"]
         state = "qc off" if not qc["enabled"] else "qc passed" if qc["passed"] else "qc FAILED (kept)"
         print(f"sample {s.index}: {s.paths.get('image')} {s.paths.get('label')} ({state})", flush=True)

@@ -7,15 +7,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from maisi.cli.common import add_label_args
 from maisi.data.datalist import read_datalist
-from maisi.data.labelmaps import UNKNOWN_LABELS, format_report
+from maisi.data.labelmaps import format_report
 from maisi.data.prepare import prepare
-
-LABEL_SET_HELP = (
-    "vocabulary of the label maps: auto (decided from the map's anatomy, or refused), maisi, totalsegmentator-v1, "
-    "totalsegmentator-v2 (= totalsegmentator), totalsegmentator-<task>, or a names file: nnU-Net dataset.json, "
-    "id->name or id->MAISI-id JSON, ITK-SNAP label description, 3D Slicer color table or .seg.nrrd"
-)
 
 
 def register(subparsers) -> None:
@@ -37,18 +32,8 @@ def register(subparsers) -> None:
         "--divisor", type=int, default=128, help="pad each axis to a multiple of this (0: no padding)"
     )
     p.add_argument("--modality", default="ct", choices=["ct", "mri"])
-    p.add_argument("--label-set", default="auto", help=LABEL_SET_HELP)
+    add_label_args(p)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument(
-        "--unknown-labels",
-        default="error",
-        choices=UNKNOWN_LABELS,
-        help="ids with no single MAISI id (unknown, no MAISI counterpart, or a whole MAISI splits): refuse, make "
-        "them background, or make them body (200); each is listed in the mapping report",
-    )
-    p.add_argument(
-        "--one-hot", action="store_true", help="label files are 4-D one-hot stacks (channel k -> id k)"
-    )
     p.add_argument(
         "--verbose", action="store_true", help="print each label map's mapping table (source id -> MAISI id)"
     )

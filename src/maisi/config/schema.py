@@ -186,7 +186,12 @@ class DataConfig:
     modality: str = "ct"
     spacing: Triple | None = None
     divisor: int = 128
+    #: vocabulary of user label maps: auto (decided from evidence), a built-in name or a names/mapping file
     label_set: str = "auto"
+    #: ids with no single MAISI id: error (refuse), background (drop) or body (envelope 200)
+    unknown_labels: Literal["error", "background", "body"] = "error"
+    #: read 4-D one-hot stacks (channel k -> id k)
+    one_hot: bool = False
     folds: int = 5
     encode_window: IntTriple = (64, 64, 64)
     encode_overlap: float = 0.25

@@ -114,7 +114,7 @@ def stream(
 
     Args:
         cfg: the resolved config: ``cfg.generate`` is the request, ``cfg.model`` the base network config for
-            official weights, ``cfg.data.label_set`` the vocabulary of a user mask.
+            official weights, ``cfg.data`` how a user's label maps are read.
         model_set: loaded weights (:func:`maisi.networks.model_set.load_model_set`); default loads the components
             the plan needs from ``cfg.generate.weights`` (``demo``, ``rflow-ct``, ``ddpm-ct`` or a folder).
         initial_noise: fixed initial latents ``(N, C, x, y, z)`` (sample ``i`` uses row ``i``) or ``(C, x, y, z)``;
@@ -179,7 +179,7 @@ def _start(
         initial_noise, noise_source = load_noise(gen.initial_noise), str(gen.initial_noise)
     elif initial_noise is not None:
         initial_noise, noise_source = torch.as_tensor(initial_noise).float(), "argument"
-    make = functools.partial(make_mask_source, plan.mask_source, gen, label_set=plan.label_set)
+    make = functools.partial(make_mask_source, plan.mask_source, gen, reading=plan.reading)
     if source is None and plan.mask_source != "model":
         source = make()  # masks are read and checked before the (possibly large) weights are loaded
     if model_set is None:
@@ -356,7 +356,7 @@ def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample
             qc=qc,
             history=history,
             timings=made.timings,
-            warnings=fov_warnings(mask.shape, mask.spacing) + mask.changes,
+            warnings=fov_warnings(mask.shape, mask.spacing) + mask.changes + mask.warnings,
         )
         facts = {
             "model_config": run.model_set.config,

@@ -16,6 +16,7 @@ from typing import Any
 
 from maisi.config.schema import Config, GenerateConfig
 from maisi.generation.masks.choice import check_source, choose_source_kind
+from maisi.generation.masks.file import LabelReading
 from maisi.generation.request import check_body_region, modality_id, validate_request
 from maisi.generation.seeds import shard
 from maisi.generation.weights import IMAGE_COMPONENTS, MASK_COMPONENTS, WeightsInfo, inspect_weights
@@ -31,7 +32,7 @@ class Plan:
 
     Attributes:
         request: the validated request (``cfg.generate``).
-        label_set: vocabulary of a user mask (``cfg.data.label_set``).
+        reading: how user label maps are read (``cfg.data``: ``label_set``, ``unknown_labels``, ``one_hot``).
         weights: the weights folder, inspected.
         device: where the networks run.
         mask_source: ``file``, ``database``, ``model`` or ``phantom`` (or a custom source's name).
@@ -45,7 +46,7 @@ class Plan:
     """
 
     request: GenerateConfig
-    label_set: str
+    reading: LabelReading
     weights: WeightsInfo
     device: str
     mask_source: str
@@ -97,8 +98,8 @@ def plan_generation(
     """Decide a run from a resolved config; raises a one-line :class:`~maisi.errors.MaisiError` on bad input.
 
     Args:
-        cfg: the resolved config (``cfg.generate`` is the request; ``cfg.data.label_set`` the vocabulary of a
-            user mask).
+        cfg: the resolved config (``cfg.generate`` is the request; ``cfg.data`` says how user label maps are
+            read).
         weights: the weights, when already known (a loaded model set); default: ``cfg.generate.weights``
             inspected.
         mask_source: the name of a custom mask source that replaces the request's.
@@ -112,13 +113,16 @@ def plan_generation(
     device = resolve_device(gen.device, process.local_rank)
     if mask_source is None:
         check_source(kind, gen, info)
+    reading = LabelReading(str(cfg.data.label_set), cfg.data.unknown_labels, cfg.data.one_hot)
+    if kind in ("file", "database"):
+        reading.check()
     components = IMAGE_COMPONENTS + (MASK_COMPONENTS if kind == "model" else ())
     if kind == "none":
         components = tuple(c for c in IMAGE_COMPONENTS if c != "controlnet")
     wanted = range(gen.num_samples) if indices is None else indices
     return Plan(
         request=gen,
-        label_set=str(cfg.data.label_set),
+        reading=reading,
         weights=info,
         device=str(device),
         mask_source=kind,

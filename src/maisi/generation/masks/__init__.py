@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from maisi.generation.masks.base import MaskSample, MaskSource
 from maisi.generation.masks.choice import choose_source_kind, make_mask_source
-from maisi.generation.masks.file import FileMaskSource, read_user_mask
+from maisi.generation.masks.file import FileMaskSource, LabelReading
 from maisi.generation.masks.phantom import PhantomMaskSource
 
 __all__ = [
     "FileMaskSource",
     "MaskSample",
+    "LabelReading",
     "MaskSource",
     "PhantomMaskSource",
     "choose_source_kind",
     "make_mask_source",
-    "read_user_mask",
 ]

@@ -24,6 +24,7 @@ class MaskSample:
         source: which source made it (``file``, ``database``, ``model``, ``phantom``).
         info: JSON-ready facts for the sidecar (file, seed, parameters).
         changes: what was changed to fit the grid, in words (also emitted as warnings).
+        warnings: what the generator will see that the user may not expect (no body envelope, few organs).
         requested: requested organ/tumour sizes as the source understood them (name -> facts).
         grid: the output size when there is no label map.
     """
@@ -34,6 +35,7 @@ class MaskSample:
     source: str
     info: dict[str, Any] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     requested: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: tuple[int, int, int] | None = None
 

@@ -8,7 +8,7 @@ from maisi import labels
 from maisi.config.schema import GenerateConfig
 from maisi.errors import RequestError
 from maisi.generation.masks.base import GridSource, MaskSource
-from maisi.generation.masks.file import FileMaskSource
+from maisi.generation.masks.file import FileMaskSource, LabelReading
 from maisi.generation.masks.phantom import PhantomMaskSource
 from maisi.generation.request import check_output_size, check_spacing
 
@@ -61,7 +61,7 @@ def make_mask_source(
     gen: GenerateConfig,
     *,
     model_set: Any = None,
-    label_set: str = "auto",
+    reading: LabelReading = LabelReading(),
     device: str = "cpu",
     progress: bool = False,
 ) -> MaskSource:
@@ -71,16 +71,16 @@ def make_mask_source(
         gen: the request (sizes, spacing, regions, anatomy, organ sizes, mask file or database; ``fit_mask`` fits a
             user mask to ``output_size`` / ``spacing`` instead of its nearest valid grid).
         model_set: loaded weights (needed by the ``model`` source).
-        label_set: vocabulary of a user mask file.
+        reading: how user label maps (a mask file, a database's masks) are read.
     """
     if kind == "file":
         if not gen.fit_mask:
-            return FileMaskSource(gen.mask, label_set=label_set)
+            return FileMaskSource(gen.mask, reading=reading)
         return FileMaskSource(
             gen.mask,
             size=check_output_size(gen.output_size),
             spacing=check_spacing(gen.spacing),
-            label_set=label_set,
+            reading=reading,
         )
     size, spacing = check_output_size(gen.output_size), check_spacing(gen.spacing)
     if kind == "none":
@@ -95,6 +95,7 @@ def make_mask_source(
             seed=gen.seed,
             body_region=gen.body_region,
             anatomy=gen.anatomy,
+            reading=reading,
         )
     if kind == "model":
         from maisi.generation.masks.model import ModelMaskSource

@@ -23,7 +23,7 @@ from maisi import labels
 from maisi.errors import DataError, MaisiError, RequestError
 from maisi.generation.grid import fit_to_grid
 from maisi.generation.masks.base import MaskSample
-from maisi.generation.masks.file import read_user_mask
+from maisi.generation.masks.file import LabelReading
 from maisi.generation.request import check_anatomy, check_body_region
 from maisi.generation.seeds import derive_seed
 from maisi.io import read_json, write_json
@@ -46,10 +46,11 @@ def _region_one_hot(index: int) -> list[int]:
     return [int(v) for v in labels.region_one_hot(index)]
 
 
-def index_entry(path: Path, root: Path) -> dict[str, Any]:
-    """Index facts of one label map (MAISI ids after translation)."""
-    label, affine, vocab = read_user_mask(path)
-    spacing = [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)]
+def index_entry(path: Path, root: Path, reading: LabelReading = LabelReading()) -> dict[str, Any]:
+    """Index facts of one label map (MAISI ids after :func:`maisi.data.labelmaps.read_label_map`)."""
+    read = reading.read(path)
+    label, vocab = read.label, read.vocabulary
+    spacing = [round(float(s), 6) for s in read.spacing]
     ids, counts = np.unique(label, return_counts=True)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     entry: dict[str, Any] = {
@@ -58,6 +59,7 @@ def index_entry(path: Path, root: Path) -> dict[str, Any]:
         "dim": [int(n) for n in label.shape],
         "spacing": spacing,
         "vocabulary": vocab,
+        "warnings": list(read.warnings),
         "volumes_ml": {str(int(i)): round(float(c) * voxel_ml, 3) for i, c in zip(ids, counts) if i != 0},
     }
     try:
@@ -70,11 +72,16 @@ def index_entry(path: Path, root: Path) -> dict[str, Any]:
 
 
 def index_masks(
-    folder: str | os.PathLike, *, output: str | os.PathLike | None = None, overwrite: bool = False
+    folder: str | os.PathLike,
+    *,
+    output: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    reading: LabelReading = LabelReading(),
 ) -> Path:
     """Index every ``.nii``/``.nii.gz`` label map under ``folder`` (recursively) into a JSON file.
 
-    Files that cannot be read or hold unknown ids are listed under ``skipped`` with the reason, not indexed.
+    Files that cannot be read, whose vocabulary cannot be told (``reading``: vocabulary, unknown ids) or that hold
+    ids outside it are listed under ``skipped`` with the reason, not indexed.
 
     Returns:
         The index path (default ``folder/masks_index.json``).
@@ -90,7 +97,7 @@ def index_masks(
     masks, skipped = [], []
     for p in files:
         try:
-            masks.append(index_entry(p, root))
+            masks.append(index_entry(p, root, reading))
         except MaisiError as e:
             skipped.append({"file": p.relative_to(root).as_posix(), "reason": str(e)})
     out = Path(output) if output is not None else root / INDEX_NAME
@@ -103,12 +110,20 @@ def index_masks(
 
 
 def load_index(path: str | os.PathLike) -> tuple[list[dict[str, Any]], Path]:
-    """Entries of a mask index and the folder their file names are relative to.
+    """Entries of a mask database, each with its label map's absolute ``path``, and the database folder.
 
-    Accepts a folder holding ``masks_index.json``, our index file, or an official MAISI ``database.json`` (a list
-    of entries; files relative to the JSON's folder, or its ``masks/`` subfolder when that exists).
+    Accepts a folder holding ``masks_index.json`` (``maisi masks index``), our index file, an official MAISI
+    ``database.json`` (a list of entries; files relative to the JSON's folder, or its ``masks/`` subfolder when
+    that exists), or an official weights folder holding the downloaded mask database (its candidate list,
+    :func:`maisi.networks.candidates.load_candidate_list`). File names are input text: each must resolve inside
+    the database folder, or the database is refused.
     """
     p = Path(path)
+    if p.is_dir() and not (p / INDEX_NAME).is_file() and _official_database(p):
+        from maisi.networks.candidates import load_candidate_list
+
+        entries = load_candidate_list(p)
+        return [{"vocabulary": "maisi", **e} for e in entries], p.resolve()
     if p.is_dir():
         p = p / INDEX_NAME
         if not p.is_file():
@@ -117,11 +132,32 @@ def load_index(path: str | os.PathLike) -> tuple[list[dict[str, Any]], Path]:
         raise DataError(f"{p}: mask database not found")
     data = read_json(p, what="mask index")
     if isinstance(data, dict) and data.get("format") == INDEX_FORMAT:
-        return list(data["masks"]), (p.parent / data.get("root", ".")).resolve()
-    if isinstance(data, list):
-        root = p.parent / "masks" if (p.parent / "masks").is_dir() else p.parent
-        return data, root.resolve()
-    raise DataError(f"{p}: not a mask index (expected {INDEX_FORMAT!r} or an official database.json list)")
+        entries, root = list(data["masks"]), p.parent / str(data.get("root", "."))
+    elif isinstance(data, list):
+        entries, root = data, p.parent / "masks" if (p.parent / "masks").is_dir() else p.parent
+    else:
+        raise DataError(
+            f"{p}: not a mask index (expected {INDEX_FORMAT!r} or an official database.json list)"
+        )
+    top = root.resolve()
+    return [_resolved(e, root, top, f"{p}: entry {i}") for i, e in enumerate(entries)], top
+
+
+def _official_database(folder: Path) -> bool:
+    from maisi.networks.official import official_dir
+
+    return official_dir(folder) is not None and (folder / "datasets").is_dir()
+
+
+def _resolved(entry: Any, root: Path, top: Path, where: str) -> dict[str, Any]:
+    """The entry with the absolute ``path`` of its label map, which must lie inside the database folder."""
+    name = entry.get("pseudo_label_filename") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}: expected an object naming its label map in 'pseudo_label_filename'")
+    path = (root / name).resolve()
+    if not path.is_relative_to(top):
+        raise DataError(f"{where}: {name!r} lies outside the database folder {top}; refusing the index")
+    return {**entry, "path": str(path)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -129,13 +165,15 @@ def load_index(path: str | os.PathLike) -> tuple[list[dict[str, Any]], Path]:
 
 
 def _region_span(entry: dict[str, Any]) -> tuple[int, int] | None:
-    if "top_region_index" not in entry or "bottom_region_index" not in entry:
+    """The entry's top and bottom body regions: recorded, or else derived from the labels it lists."""
+    if "top_region_index" in entry and "bottom_region_index" in entry:
+        top = [i for i, v in enumerate(entry["top_region_index"]) if v]
+        bottom = [i for i, v in enumerate(entry["bottom_region_index"]) if v]
+        return (top[0], bottom[0]) if top and bottom else None
+    try:
+        return labels.regions_of(np.asarray(entry.get("label_list", [])))
+    except DataError:
         return None
-    top = [i for i, v in enumerate(entry["top_region_index"]) if v]
-    bottom = [i for i, v in enumerate(entry["bottom_region_index"]) if v]
-    if not top or not bottom:
-        return None
-    return top[0], bottom[0]
 
 
 def matches(entry: dict[str, Any], anatomy_ids: Sequence[int], regions: Sequence[int]) -> bool:
@@ -261,6 +299,8 @@ class DatabaseMaskSource:
         body_region: regions the mask must span.
         anatomy: anatomy the mask must contain (also after fitting to the grid).
         augment: move/rescale tumours.
+        reading: how the masks are read; each file is read again in the vocabulary its entry names, checked
+            against it (an unknown or unreadable vocabulary is decided from the file's evidence).
     """
 
     name = "database"
@@ -275,8 +315,10 @@ class DatabaseMaskSource:
         body_region: Sequence[str] = (),
         anatomy: Sequence[str] = (),
         augment: bool = True,
+        reading: LabelReading = LabelReading(),
     ) -> None:
         entries, self.root = load_index(database)
+        self.reading = reading
         self.database = str(database)
         self.size = tuple(int(s) for s in size)
         self.spacing = tuple(float(s) for s in spacing)
@@ -301,7 +343,7 @@ class DatabaseMaskSource:
         problems = []
         for k in order:
             entry = self.candidates[k]
-            path = self.root / entry["pseudo_label_filename"]
+            path = Path(entry["path"])
             try:
                 sample = self._fit(path, entry, rng)
             except MaisiError as e:
@@ -315,12 +357,11 @@ class DatabaseMaskSource:
 
     def _fit(self, path: Path, entry: dict[str, Any], rng: np.random.Generator) -> MaskSample:
         from maisi.data.body import add_body_from_label
+        from maisi.data.vocabularies import BUILTIN
 
-        vocab = entry.get("vocabulary", "maisi")
-        label, affine, _ = read_user_mask(
-            path, label_set=vocab if vocab in ("maisi", "totalsegmentator") else "auto"
-        )
-        native = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+        vocab = entry.get("vocabulary")
+        read = self.reading.read(path, label_set=vocab if vocab in BUILTIN else "auto")
+        label, affine, native = read.label, read.affine, read.spacing
         if not np.any(label == labels.BODY):
             label = add_body_from_label(label, native)
         fitted = fit_to_grid(label, affine, native, size=self.size, new_spacing=self.spacing)

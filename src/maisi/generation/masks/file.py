@@ -1,58 +1,45 @@
-"""The user's own mask as a mask source: read, translated to MAISI ids, body 200 added when missing, fitted onto a
-valid generation grid."""
+"""The user's own mask as a mask source: read into MAISI ids (:func:`maisi.data.labelmaps.read_label_map`: the
+vocabulary decided from evidence or named, refused when doubtful, every source id reported), body 200 added when
+missing, fitted onto a valid generation grid."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from maisi import labels
-from maisi.errors import DataError
 from maisi.generation.grid import fit_to_grid
 from maisi.generation.masks.base import MaskSample, as_label
 
 
-def read_user_mask(path: str | os.PathLike, *, label_set: str = "auto") -> tuple[np.ndarray, np.ndarray, str]:
-    """Read a mask file and translate it to MAISI ids.
+@dataclass(frozen=True)
+class LabelReading:
+    """How user label maps are read (``data.label_set``, ``data.unknown_labels``, ``data.one_hot``)."""
 
-    Args:
-        path: NIfTI label map.
-        label_set: ``"auto"`` (detect MAISI vs TotalSegmentator), ``"maisi"``, ``"totalsegmentator"`` or a mapping
-            JSON file (see :class:`maisi.data.label_mapping.LabelMapping`).
+    label_set: str = "auto"
+    unknown_labels: str = "error"
+    one_hot: bool = False
 
-    Returns:
-        ``(label in MAISI ids, affine, vocabulary used)``.
+    def check(self) -> None:
+        """Refuse a label set that is neither built in nor a readable names file (before any work)."""
+        if self.label_set != "auto":
+            from maisi.data.vocabularies import resolve
 
-    Raises:
-        DataError: unreadable file, or ids that belong to no known vocabulary (listed).
-    """
-    from maisi.data.label_mapping import LabelMapping, detect_label_set
-    from maisi.data.nifti import load_nifti
+            resolve(self.label_set)
 
-    vol = load_nifti(path, kind="label")
-    array = vol.array
-    vocab = str(label_set)
-    if vocab == "auto":
-        vocab = detect_label_set(array, vol.affine)
-        if vocab == "unknown":
-            present = set(np.unique(array).tolist()) - {0}
-            unknown = sorted(present - labels.VALID_IDS)
-            if not unknown:
-                vocab = "maisi"  # valid MAISI ids whose laterality test was undecided
-            else:
-                raise DataError(
-                    f"{path}: label ids {unknown[:12]}{' ...' if len(unknown) > 12 else ''} are neither MAISI nor "
-                    "TotalSegmentator ids; give a mapping file (data.label_set=FILE)"
-                )
-    if vocab == "maisi":
-        labels.check_ids(np.unique(array).tolist(), source=str(path))
-        mapped = array
-    else:
-        mapped = LabelMapping.for_label_set(vocab).apply(array, source=str(path))
-        vocab = "totalsegmentator" if vocab == "totalsegmentator" else f"mapping {vocab}"
-    return as_label(mapped), vol.affine, vocab
+    def read(self, path: str | os.PathLike, *, label_set: str | None = None):
+        """:func:`maisi.data.labelmaps.read_label_map` with these options (``label_set`` overrides)."""
+        from maisi.data.labelmaps import read_label_map
+
+        return read_label_map(
+            path,
+            label_set=label_set or self.label_set,
+            unknown_labels=self.unknown_labels,  # type: ignore[arg-type]
+            one_hot=self.one_hot,
+        )
 
 
 class FileMaskSource:
@@ -62,7 +49,7 @@ class FileMaskSource:
         path: the mask file.
         size: target size; None fits to the nearest valid size at the mask's own (range-clipped) spacing.
         spacing: target spacing; None keeps the mask's spacing clipped into the valid ranges.
-        label_set: vocabulary of the file (see :func:`read_user_mask`).
+        reading: how the file's ids are read (vocabulary, unknown ids, one-hot stacks).
     """
 
     name = "file"
@@ -73,12 +60,12 @@ class FileMaskSource:
         *,
         size: Sequence[int] | None = None,
         spacing: Sequence[float] | None = None,
-        label_set: str = "auto",
+        reading: LabelReading = LabelReading(),
     ) -> None:
         from maisi.data.body import add_body_from_label
 
-        label, affine, vocab = read_user_mask(path, label_set=label_set)
-        native_spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+        read = reading.read(path)
+        label, affine, native_spacing = read.label, read.affine, read.spacing
         added_body = not bool(np.any(label == labels.BODY))
         if added_body:
             label = add_body_from_label(label, native_spacing)
@@ -91,12 +78,14 @@ class FileMaskSource:
             source=self.name,
             info={
                 "file": self.path,
-                "vocabulary": vocab,
+                "vocabulary": read.vocabulary,
+                "label_mapping": read.report,
                 "input_shape": list(label.shape),
                 "input_spacing": list(native_spacing),
                 "body_added": added_body,
             },
             changes=fitted.changes,
+            warnings=[f"{path}: {w}" if not w.startswith(str(path)) else w for w in read.warnings],
         )
 
     def __call__(self, index: int, attempt: int = 0) -> MaskSample:
@@ -109,4 +98,5 @@ class FileMaskSource:
             source=s.source,
             info=dict(s.info),
             changes=list(s.changes),
+            warnings=list(s.warnings),
         )
