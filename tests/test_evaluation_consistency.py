@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from maisi.data.nifti import Volume, save_nifti
-from maisi.errors import CheckpointError, ConfigError
+from maisi.errors import CheckpointError, ConfigError, DataError
 from maisi.evaluation.consistency import dice, dice_per_group, dice_per_label, evaluate_consistency
-from maisi.evaluation.segmenter import Segmenter, read_spec, train_segmenter
+from maisi.evaluation.segmenter import Segmenter
+from maisi.training.tasks.segmenter import train_segmenter
 
 AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
 TINY_NET = {
@@ -66,7 +67,8 @@ def _write_cases(folder, n, organs, shape=(24, 24, 24)):
             label[inside], image[inside] = organ, hu
         save_nifti(folder / f"s{i}_image.nii.gz", image, AFFINE)
         save_nifti(folder / f"s{i}_label.nii.gz", label, AFFINE)
-        (folder / f"s{i}.json").write_text(json.dumps({"index": i}))
+        # the sidecar of a maisi-made sample: its label map holds MAISI ids
+        (folder / f"s{i}.json").write_text(json.dumps({"index": i, "output": {"label_ids": "MAISI"}}))
     return folder
 
 
@@ -99,15 +101,18 @@ def test_consistency_with_a_known_segmenter(tmp_path):
 
 
 def test_train_segmenter_save_load_and_evaluate(tmp_path, capsys):
+    """The segmenter trains in the generic loop (a ``segmenter`` component of the run's model set), loads from its
+    folder or its run folder, segments, and a second run of the same seed gives the same weights."""
     pairs = write_pairs(tmp_path / "train")
     folder = train_segmenter(
         pairs, tmp_path / "run", steps=2, seed=3, roi_size=(16, 16, 16), network=TINY_NET
     )
-    spec = read_spec(folder)
-    assert spec.labels == (1, 3) and spec.spacing == (4.0, 4.0, 4.0) and spec.roi_size == (16, 16, 16)
-    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
-    assert log["log"][-1]["step"] == 2 and np.isfinite(log["log"][-1]["loss"])
-    seg = Segmenter.load(tmp_path / "run")  # a run folder resolves to its segmenter/
+    assert folder == tmp_path / "run" / "model" / "segmenter"
+    config = Segmenter.load(folder).config
+    assert config.labels == (1, 3) and config.spacing == (4.0, 4.0, 4.0) and config.roi_size == (16, 16, 16)
+    final = (tmp_path / "run" / "final.txt").read_text().split()
+    assert final[:2] == ["final:", "step=2"] and np.isfinite(float(final[2].split("=")[1]))
+    seg = Segmenter.load(tmp_path / "run")  # a run folder resolves to its model/segmenter/
     from maisi.data.nifti import load_nifti
 
     out = seg(load_nifti(pairs / "s0_image.nii.gz"))
@@ -124,6 +129,24 @@ def test_train_segmenter_save_load_and_evaluate(tmp_path, capsys):
     assert "train segmenter" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="already holds a segmenter"):
         train_segmenter(pairs, tmp_path / "run", steps=1, roi_size=(16, 16, 16), network=TINY_NET)
+
+
+def test_interrupted_segmenter_training_resumes_to_the_same_weights(tmp_path):
+    """A run stopped after its step-2 checkpoint and re-run to 4 steps equals an uninterrupted 4-step run (the
+    resume the generic loop gives every task)."""
+    pairs = write_pairs(tmp_path / "train")
+    kw = dict(seed=1, roi_size=(16, 16, 16), network=TINY_NET)
+    whole = train_segmenter(pairs, tmp_path / "whole", steps=4, **kw)
+    train_segmenter(pairs, tmp_path / "part", steps=2, **kw)
+    import shutil
+
+    shutil.rmtree(tmp_path / "part" / "model")  # keep the checkpoint only, as after an interruption
+    resumed = train_segmenter(pairs, tmp_path / "part", steps=4, **kw)
+    a, b = Segmenter.load(whole).model.state_dict(), Segmenter.load(resumed).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = train_segmenter(pairs, tmp_path / "other", steps=2, **{**kw, "seed": 2})
+    c = Segmenter.load(first).model.state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters
 
 
 @pytest.mark.slow
@@ -145,7 +168,7 @@ def test_segmenter_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="not a class of monai.networks.nets"):
         Segmenter.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"format": "maisi-segmenter", "labels": [999]}))
-    with pytest.raises(Exception, match="999"):
+    with pytest.raises(DataError, match=r"config\.json: label ids not in the MAISI vocabulary: \[999\]"):
         Segmenter.load(tmp_path)
 
 
@@ -189,18 +212,40 @@ def test_train_segmenter_on_groups(tmp_path):
     folder = train_segmenter(
         pairs, tmp_path / "run", steps=2, seed=0, roi_size=(16, 16, 16), network=TINY_NET, groups=groups
     )
-    spec = read_spec(folder)
-    assert spec.labels == (1, 5) and spec.groups == {"liver": (1,), "kidneys": (5, 14)}
     seg = Segmenter.load(folder)
-    assert seg.groups == spec.groups and seg.model.out_channels == 3  # background + two groups
+    assert seg.labels == (1, 5) and seg.groups == {"liver": (1,), "kidneys": (5, 14)}
+    assert seg.model.out_channels == 3  # background + two groups
     r = evaluate_consistency(pairs, folder)
     assert set(r["groups"]) == {"liver", "kidneys"} and r["labels"] == {}
     with pytest.raises(ConfigError, match="labels or groups"):
         train_segmenter(pairs, tmp_path / "x", steps=1, labels=[1], groups=groups)
     with pytest.raises(ConfigError, match="id 5 is in two groups, 'kidneys' and 'left'"):
         train_segmenter(pairs, tmp_path / "x", steps=1, groups={"kidneys": [5, 14], "left": [5]})
-    raw = json.loads((folder / "config.json").read_text())
+
+
+def test_hand_written_segmenter_folder(tmp_path):
+    """A ``maisi-segmenter`` folder written by hand for another MONAI network: loaded strictly; its groups must
+    list the output labels first."""
+    from safetensors.torch import save_file
+
+    from maisi.config.schema import SegmenterConfig
+    from maisi.networks.builders import build_segmenter
+
+    net = build_segmenter(SegmenterConfig(network_kwargs=TINY_NET["kwargs"], labels=(1, 5)))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    raw = {
+        "format": "maisi-segmenter",
+        "network": TINY_NET,
+        "labels": [1, 5],
+        "groups": {"liver": [1], "kidneys": [5, 14]},
+        "roi_size": [16, 16, 16],
+        "weights": "weights.safetensors",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    seg = Segmenter.load(tmp_path)
+    assert seg.groups == {"liver": (1,), "kidneys": (5, 14)} and seg.config.roi_size == (16, 16, 16)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in seg.model.state_dict().items())
     raw["groups"] = {"kidneys": [14, 5], "liver": [1]}  # first ids must be the output labels, in order
-    (folder / "config.json").write_text(json.dumps(raw))
+    (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="'groups' must map"):
-        read_spec(folder)
+        Segmenter.load(tmp_path)

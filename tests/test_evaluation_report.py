@@ -117,8 +117,11 @@ def test_cli_commands_in_process(folders, capsys):
     assert fid["fid_2p5d"] < 1e-9 and fid["options"]["center_slice_ratio"] == 0.5
     assert fid["n_slices"]["real"]["axial"] == 2 * 12
     capsys.readouterr()
-    assert main(["evaluate", "fid", "--real", str(real), "--synthetic", str(gen), "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["extractor"] == "random"
+    args = ["evaluate", "fid", "--real", str(real), "--synthetic", str(gen), "--slice-step", "3", "--dry-run"]
+    assert main(args) == 0  # the dry run prints the typed config: evaluate.* and evaluate.fid.*
+    printed = json.loads(capsys.readouterr().out)["evaluate"]
+    assert printed["what"] == "fid" and printed["real"] == str(real) and printed["synthetic"] == str(gen)
+    assert printed["fid"]["extractor"] == "random" and printed["fid"]["slice_step"] == 3
     assert (
         main(
             [
@@ -182,7 +185,9 @@ def test_cli_train_segmenter_then_consistency(folders, capsys):
     run = root / "segrun"
     args = ["evaluate", "train-segmenter", "--data", str(real), "--run-dir", str(run), "--steps", "1"]
     assert main([*args, "--roi-size", "16", "16", "16", "--labels", "1", "3"]) == 0
-    assert capsys.readouterr().out.strip() == f"segmenter: {run / 'segmenter'}"
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0].startswith("final: step=1 val_loss=")  # the generic training loop's last line
+    assert printed[-1] == f"segmenter: {run / 'model' / 'segmenter'}"
     assert main(["evaluate", "consistency", "--pairs", str(gen), "--segmenter", str(run)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["labels"]) == {"liver", "spleen"} and 0.0 <= out["mean_dice"] <= 1.0

@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from maisi.data.nifti import save_nifti
+from maisi.errors import DataError
 from maisi.evaluation.memorization import evaluate_memorization, volume_signature
 from maisi.evaluation.qc import evaluate_qc
 from maisi.evaluation.size import evaluate_size, spearman
@@ -91,7 +92,10 @@ def test_qc_pass_rate(tmp_path):
         image[label == 1], image[label == 3] = liver_hu, 100.0
         save_nifti(folder / f"{name}_image.nii.gz", image, AFFINE)
         save_nifti(folder / f"{name}_label.nii.gz", label, AFFINE)
-    r = evaluate_qc(folder)
+    # no sidecars: the maps are a user's, whose vocabulary auto cannot tell from two cubes
+    with pytest.raises(DataError, match=r"bad_label\.nii\.gz: cannot tell the label vocabulary"):
+        evaluate_qc(folder)
+    r = evaluate_qc(folder, label_set="maisi")
     assert r["pass_rate"] == 0.5 and r["n_checked"] == 2
     assert r["organs"]["liver"]["pass_rate"] == 0.5 and r["organs"]["spleen"]["pass_rate"] == 1.0
     assert {c["name"]: c["passed"] for c in r["cases"]} == {"bad": False, "good": True}

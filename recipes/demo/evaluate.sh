@@ -20,7 +20,7 @@ stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 stamp "segmenter (trained on the 40 training phantoms: the five large-organ groups)"
 # one class per group (liver, spleen, kidneys, lungs, vertebrae), as the must-show scores them: 24 separate vertebra
 # levels at 3 mm cost a small network most of its capacity (and a 34-class loss 12x the time per step)
-[ -f "$E/segmenter/segmenter/config.json" ] || maisi evaluate train-segmenter --data "$W/phantoms" --run-dir "$E/segmenter" --steps 1500 --groups large-organs --device "$DEV"
+[ -f "$E/segmenter/model/segmenter/config.json" ] || maisi evaluate train-segmenter --data "$W/phantoms" --run-dir "$E/segmenter" --steps 1500 --groups large-organs --device "$DEV"
 stamp "VAE reconstruction on held-out phantoms"
 [ -f "$E/recon.json" ] || maisi evaluate recon --weights "$WEIGHTS" --data "$W/heldout" --device "$DEV" --out "$E/recon.json"
 stamp "20 generated pairs"
@@ -48,8 +48,8 @@ for src in phantom model; do
   [ -f "$E/size_$src.json" ] || maisi evaluate size --pairs "$E/size_$src" --out "$E/size_$src.json"
 done
 stamp "consistency of the segmenter on held-out real phantoms (its ceiling)"
-[ -f "$E/consistency_real.json" ] || maisi evaluate consistency --pairs "$W/heldout" --segmenter "$E/segmenter/segmenter" --device "$DEV" --out "$E/consistency_real.json"
+[ -f "$E/consistency_real.json" ] || maisi evaluate consistency --pairs "$W/heldout" --segmenter "$E/segmenter" --device "$DEV" --out "$E/consistency_real.json"
 stamp "consistency of generated pairs"
-[ -f "$E/consistency.json" ] || maisi evaluate consistency --pairs "$E/generated" --segmenter "$E/segmenter/segmenter" --device "$DEV" --out "$E/consistency.json"
+[ -f "$E/consistency.json" ] || maisi evaluate consistency --pairs "$E/generated" --segmenter "$E/segmenter" --device "$DEV" --out "$E/consistency.json"
 stamp "report"
-maisi evaluate report "$E" --real "$W/heldout" --synthetic "$E/generated" --training "$W/phantoms" --segmenter "$E/segmenter/segmenter" --device "$DEV" --overwrite
+maisi evaluate report "$E" --real "$W/heldout" --synthetic "$E/generated" --training "$W/phantoms" --segmenter "$E/segmenter" --device "$DEV" --overwrite

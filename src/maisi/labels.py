@@ -163,3 +163,19 @@ def size_vector(sizes: Mapping[str, float], *, default: float = ABSENT_SIZE) -> 
     if unknown:
         raise DataError(f"not a controllable anatomy: {unknown}; controllable are {list(SIZE_SLOTS)}")
     return [float(sizes.get(s, default)) for s in SIZE_SLOTS]
+
+
+def check_groups(
+    groups: Mapping[str, Iterable[int]], *, source: str, error: type[Exception] = DataError
+) -> dict[str, tuple[int, ...]]:
+    """``{name: ids}`` with string names and int tuples, every id a MAISI id and in one group only (``error``
+    names an id listed twice)."""
+    out = {str(k): tuple(int(i) for i in v) for k, v in groups.items()}
+    owner: dict[int, str] = {}
+    for name, ids in out.items():
+        check_ids(ids, source=source)
+        for i in ids:
+            if i in owner:
+                raise error(f"{source}: id {i} is in two groups, {owner[i]!r} and {name!r}")
+            owner[i] = name
+    return out

@@ -1,29 +1,42 @@
 """``maisi evaluate``: reconstruction, FID 2.5D, consistency, organ HU check, size control, memorisation, report,
-and training of the segmenter that consistency uses (``maisi evaluate train-segmenter``)."""
+and training of the segmenter that consistency uses (``maisi evaluate train-segmenter``).
+
+Every option maps onto one field of the typed config (``evaluate.*``, ``evaluate.fid.*``; the segmenter onto
+``model.segmenter.*`` and ``train.*``), so ``--dry-run`` prints the resolved config and ``--config`` / ``key=value``
+work as for every command. The evaluation itself is :func:`maisi.evaluation.run.evaluate`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-
-def _common(p: argparse.ArgumentParser, *, out: bool = True, device: bool = False) -> None:
-    if out:
-        p.add_argument("--out", metavar="FILE", help="write the full result as JSON to FILE")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    if device:
-        p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
+from maisi.cli.common import add_config_args, print_config, resolve_config
 
 
-def _fid_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("FID")
+def _output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="FILE", help="write the full result as JSON to FILE")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="torch device (cpu, cuda, cuda:1)")
+
+
+def _label_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--label-set",
+        help="vocabulary of label maps maisi did not generate (default auto: decided from the anatomy, or refused)",
+    )
+
+
+def _fid(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("FID (evaluate.fid.*)")
     g.add_argument(
         "--extractor",
-        default="random",
         choices=("random", "resnet50", "radimagenet"),
         help="2D feature extractor: random (weights-free, not comparable to published FIDs), resnet50 "
         "(ImageNet weights) or radimagenet (RadImageNet ResNet-50 weights)",
@@ -31,103 +44,161 @@ def _fid_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--extractor-weights", metavar="FILE", help="local ResNet-50 weights for resnet50/radimagenet"
     )
-    g.add_argument(
-        "--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="resample to this spacing (mm)"
-    )
+    g.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="resample (mm)")
     g.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), help="pad/centre-crop to this size")
-    g.add_argument("--no-pad", action="store_true", help="with --shape: do not pad smaller volumes")
-    g.add_argument("--no-crop", action="store_true", help="with --shape: do not crop larger volumes")
     g.add_argument(
-        "--center-slice-ratio", type=float, default=1.0, help="central fraction of slices used (0, 1]"
+        "--no-pad", dest="pad", action="store_false", default=None, help="with --shape: do not pad"
     )
-    g.add_argument("--slice-step", type=int, default=1, help="use every k-th slice")
+    g.add_argument(
+        "--no-crop", dest="crop", action="store_false", default=None, help="with --shape: do not crop"
+    )
+    g.add_argument("--center-slice-ratio", type=float, help="central fraction of slices used (0, 1]")
+    g.add_argument("--slice-step", type=int, help="use every k-th slice")
     g.add_argument(
         "--intensity",
-        default="ct",
+        dest="fid_intensity",
         choices=("ct", "ct-minmax", "mri", "unit"),
         help="intensity scaling: ct (fixed [-1000, 1000] HU window), ct-minmax (the official script's per-plane "
         "min-max after clipping), mri, unit",
     )
-    g.add_argument("--batch-size", type=int, default=64, help="slices per extractor call")
-    g.add_argument("--seed", type=int, default=0, help="seed of the weights-free extractor")
+    g.add_argument("--batch-size", type=int, help="slices per extractor call")
+    g.add_argument("--seed", type=int, help="seed of the weights-free extractor")
+    g.add_argument("--cache-dir", metavar="DIR", help="per-volume feature cache")
+
+
+#: command -> (help, option adders); each option's dest is an ``evaluate`` field (``fid`` ones: ``evaluate.fid``)
+COMMANDS: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]] = {
+    "recon": (
+        "PSNR / SSIM / MS-SSIM of VAE reconstructions of whole volumes",
+        [
+            lambda p: p.add_argument("--weights", metavar="DIR", help="model-set folder with a vae"),
+            lambda p: p.add_argument(
+                "--data", metavar="PATH", help="pairs folder, datalist JSON or NIfTI file"
+            ),
+            lambda p: p.add_argument("--max-cases", type=int, help="evaluate the first N volumes only"),
+            lambda p: p.add_argument(
+                "--intensity", choices=("ct", "mri"), help="input scaling (MR: percentiles)"
+            ),
+            _device,
+            _output,
+        ],
+    ),
+    "fid": (
+        "FID 2.5D over axial, coronal and sagittal slices",
+        [
+            lambda p: p.add_argument("--real", metavar="PATH"),
+            lambda p: p.add_argument("--synthetic", metavar="PATH"),
+            _fid,
+            _device,
+            _output,
+        ],
+    ),
+    "consistency": (
+        "Dice of re-segmented generated images against their masks",
+        [
+            lambda p: p.add_argument("--pairs", dest="synthetic", metavar="DIR", help="image/label pairs"),
+            lambda p: p.add_argument(
+                "--segmenter",
+                metavar="SEG",
+                help="segmenter folder or run (maisi evaluate train-segmenter) or 'totalsegmentator'",
+            ),
+            lambda p: p.add_argument(
+                "--labels", type=int, nargs="+", metavar="ID", help="MAISI ids to score"
+            ),
+            _label_set,
+            _device,
+            _output,
+        ],
+    ),
+    "qc": (
+        "organ median-HU pass rate",
+        [lambda p: p.add_argument("--pairs", dest="synthetic", metavar="DIR"), _label_set, _output],
+    ),
+    "size": (
+        "requested vs realised organ/tumour sizes (generation sidecars)",
+        [lambda p: p.add_argument("--pairs", dest="synthetic", metavar="DIR"), _output],
+    ),
+    "memorization": (
+        "nearest training volume of each synthetic volume",
+        [
+            lambda p: p.add_argument("--synthetic", metavar="PATH"),
+            lambda p: p.add_argument("--training", metavar="PATH"),
+            lambda p: p.add_argument(
+                "--grid",
+                type=int,
+                nargs=3,
+                metavar=("X", "Y", "Z"),
+                help="downsampled grid (default 32 32 32)",
+            ),
+            lambda p: p.add_argument(
+                "--threshold", type=float, help="correlation flagging a copy (default 0.98)"
+            ),
+            _output,
+        ],
+    ),
+    "report": (
+        "HTML + Markdown report; computes missing results in DIR",
+        [
+            lambda p: p.add_argument(
+                "dir", metavar="DIR", help="evaluation folder (results read and written)"
+            ),
+            lambda p: p.add_argument("--real", metavar="PATH", help="real pairs (phantom folders work)"),
+            lambda p: p.add_argument("--synthetic", metavar="PATH", help="generated pairs"),
+            lambda p: p.add_argument(
+                "--training", metavar="PATH", help="memorisation training set (default --real)"
+            ),
+            lambda p: p.add_argument(
+                "--segmenter", metavar="SEG", help="segmenter for the consistency section"
+            ),
+            lambda p: p.add_argument("--examples", type=int, help="rows of example slices"),
+            lambda p: p.add_argument(
+                "--no-compute", dest="compute", action="store_false", default=None, help="only render results"
+            ),
+            lambda p: p.add_argument(
+                "--overwrite", action="store_true", default=None, help="replace the report"
+            ),
+            _device,
+            _fid,
+        ],
+    ),
+}
+#: options that belong to ``evaluate.fid`` (dest -> field)
+FID_FIELDS = {
+    "extractor": "extractor",
+    "extractor_weights": "extractor_weights",
+    "spacing": "spacing",
+    "shape": "shape",
+    "pad": "pad",
+    "crop": "crop",
+    "center_slice_ratio": "center_slice_ratio",
+    "slice_step": "slice_step",
+    "fid_intensity": "intensity",
+    "batch_size": "batch_size",
+    "seed": "seed",
+    "cache_dir": "cache_dir",
+}
+_NOT_CONFIG = {"func", "_parser", "dry_run", "config", "preset", "overrides", "command", "evaluate_command"}
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="evaluate synthetic data: recon, fid, consistency, qc, size, "
-        "memorization, report, train-segmenter",
+        help="evaluate synthetic data: " + ", ".join([*COMMANDS, "train-segmenter"]),
     )
     sub = p.add_subparsers(dest="evaluate_command", metavar="WHAT")
+    for name, (text, options) in COMMANDS.items():
+        q = sub.add_parser(name, help=text)
+        for add in options:
+            add(q)
+        add_config_args(q)
+    _register_train_segmenter(sub)
+    p.set_defaults(func=run, _parser=p)
 
-    q = sub.add_parser("recon", help="PSNR / SSIM / MS-SSIM of VAE reconstructions of whole volumes")
-    q.add_argument("--weights", required=True, metavar="DIR", help="model-set folder with a vae")
-    q.add_argument("--data", required=True, metavar="PATH", help="pairs folder, datalist JSON or NIfTI file")
-    q.add_argument("--max-cases", type=int, default=None, help="evaluate the first N volumes only")
-    q.add_argument("--intensity", default="ct", choices=("ct", "mri"))
-    _common(q, device=True)
 
-    q = sub.add_parser("fid", help="FID 2.5D over axial, coronal and sagittal slices")
-    q.add_argument("--real", required=True, metavar="PATH")
-    q.add_argument("--synthetic", required=True, metavar="PATH")
-    q.add_argument("--cache-dir", metavar="DIR", help="per-volume feature cache")
-    _fid_args(q)
-    _common(q, device=True)
-
-    q = sub.add_parser("consistency", help="Dice of re-segmented generated images against their masks")
-    q.add_argument("--pairs", required=True, metavar="DIR", help="generated image/label pairs")
-    q.add_argument(
-        "--segmenter",
-        required=True,
-        metavar="SEG",
-        help="segmenter folder (maisi evaluate train-segmenter, or a MONAI network config) or "
-        "'totalsegmentator'",
-    )
-    q.add_argument(
-        "--labels", type=int, nargs="+", metavar="ID", help="MAISI ids to score (default: all known)"
-    )
-    _common(q, device=True)
-
-    q = sub.add_parser("qc", help="organ median-HU pass rate")
-    q.add_argument("--pairs", required=True, metavar="DIR")
-    _common(q)
-
-    q = sub.add_parser("size", help="requested vs realised organ/tumour sizes (generation sidecars)")
-    q.add_argument("--pairs", required=True, metavar="DIR")
-    _common(q)
-
-    q = sub.add_parser("memorization", help="nearest training volume of each synthetic volume")
-    q.add_argument("--synthetic", required=True, metavar="PATH")
-    q.add_argument("--training", required=True, metavar="PATH")
-    q.add_argument(
-        "--grid",
-        type=int,
-        nargs=3,
-        default=(32, 32, 32),
-        metavar=("X", "Y", "Z"),
-        help="downsampled grid (default 32 32 32)",
-    )
-    q.add_argument(
-        "--threshold", type=float, default=0.98, help="correlation at or above which a volume is flagged"
-    )
-    _common(q)
-
-    q = sub.add_parser("report", help="HTML + Markdown report; computes missing results in DIR")
-    q.add_argument("dir", metavar="DIR", help="evaluation folder (results are read from and written to it)")
-    q.add_argument("--real", metavar="PATH", help="real pairs (phantom folders work)")
-    q.add_argument("--synthetic", metavar="PATH", help="generated pairs")
-    q.add_argument("--training", metavar="PATH", help="training set for memorisation (default --real)")
-    q.add_argument("--segmenter", metavar="SEG", help="segmenter for the consistency section")
-    q.add_argument("--examples", type=int, default=3, help="rows of example slices")
-    q.add_argument("--no-compute", action="store_true", help="only render results already in DIR")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    q.add_argument("--device", default="cpu")
-    q.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
-    _fid_args(q)
-
+def _register_train_segmenter(sub) -> None:
     q = sub.add_parser("train-segmenter", help="train maisi's small 3D segmenter on image/label pairs")
     q.add_argument("--data", required=True, metavar="PATH", help="pairs folder or datalist JSON")
-    q.add_argument("--run-dir", required=True, metavar="DIR", help="output folder (gets segmenter/)")
+    q.add_argument("--run-dir", required=True, metavar="DIR", help="output folder (gets model/segmenter/)")
     q.add_argument("--steps", type=int, default=500)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument(
@@ -144,175 +215,45 @@ def register(subparsers) -> None:
     q.add_argument("--batch-size", type=int, default=2)
     q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--overwrite", action="store_true")
-    _common(q, out=False, device=True)
-
-    p.set_defaults(func=run, _parser=p)
-
-
-def _fid_options(args: argparse.Namespace):
-    from maisi.evaluation.fid import FIDOptions
-
-    return FIDOptions(
-        spacing=tuple(args.spacing) if args.spacing else None,
-        shape=tuple(args.shape) if args.shape else None,
-        pad=not args.no_pad,
-        crop=not args.no_crop,
-        center_slice_ratio=args.center_slice_ratio,
-        slice_step=args.slice_step,
-        intensity=args.intensity,
-        batch_size=args.batch_size,
-    )
+    q.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    q.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
-def _init_distributed(device: str) -> None:
-    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1) so FID features are sharded over ranks."""
-    import torch.distributed as dist
+def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user gave, as an ``evaluate`` overlay (``what`` set from the sub-command)."""
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    fid = {FID_FIELDS[k]: v for k, v in given.items() if k in FID_FIELDS}
+    rest = {k: v for k, v in given.items() if k not in FID_FIELDS}
+    return {"evaluate": {"what": args.evaluate_command, **rest, **({"fid": fid} if fid else {})}}
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        if device.startswith("cuda"):
-            import torch
 
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
+def run(args: argparse.Namespace) -> int:
+    if args.evaluate_command is None:
+        args._parser.print_help()
+        return 2
+    if args.evaluate_command == "train-segmenter":
+        return _train_segmenter(args)
+    from maisi.evaluation.run import evaluate, is_main_process, summary
+
+    cfg = resolve_config(args, overlay_from_args(args))
+    if args.dry_run:
+        print_config(cfg)
+        return 0
+    result = evaluate(cfg, progress=sys.stderr.isatty())
+    if is_main_process():  # under torchrun, rank 0 speaks for all
+        out = summary(cfg.evaluate.what, result)
+        if cfg.evaluate.what == "report":
+            print(f"report: {out['html']}  (Markdown: {out['markdown']})")
         else:
-            dist.init_process_group("gloo")
+            print(json.dumps(out, indent=2, default=str))
+    return 0
 
 
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
-def _recon(args: argparse.Namespace) -> None:
-    from maisi.evaluation.recon import evaluate_recon
-
-    r = evaluate_recon(
-        args.weights,
-        args.data,
-        device=args.device,
-        max_cases=args.max_cases,
-        intensity=args.intensity,
-        out=args.out,
-        overwrite=args.overwrite,
-        progress=sys.stderr.isatty(),
-    )
-    _print({k: v.get("mean") for k, v in r["summary"].items()})
-
-
-def _fid(args: argparse.Namespace) -> None:
-    from maisi.evaluation.fid import compute_fid
-
-    _init_distributed(args.device)
-    r = compute_fid(
-        args.real,
-        args.synthetic,
-        extractor=args.extractor,
-        weights=args.extractor_weights,
-        options=_fid_options(args),
-        cache_dir=args.cache_dir,
-        seed=args.seed,
-        device=args.device,
-        out=args.out,
-        overwrite=args.overwrite,
-        progress=sys.stderr.isatty(),
-    )
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):  # rank 0 speaks for all
-        _print({k: r[k] for k in ("fid_2p5d", "planes", "n_real", "n_synthetic", "extractor")})
-
-
-def _consistency(args: argparse.Namespace) -> None:
-    from maisi.evaluation.consistency import evaluate_consistency
-
-    r = evaluate_consistency(
-        args.pairs,
-        args.segmenter,
-        label_ids=args.labels,
-        device=args.device,
-        out=args.out,
-        overwrite=args.overwrite,
-        progress=sys.stderr.isatty(),
-    )
-    _print(
-        {
-            "mean_dice": r["mean_dice"],
-            "group_mean_dice": r["group_mean_dice"],
-            "labels": {v["name"]: v.get("mean") for v in r["labels"].values()},
-            "groups": {k: v.get("mean") for k, v in r["groups"].items()},
-        }
-    )
-
-
-def _qc(args: argparse.Namespace) -> None:
-    from maisi.evaluation.qc import evaluate_qc
-
-    r = evaluate_qc(args.pairs, out=args.out, overwrite=args.overwrite)
-    _print(
-        {
-            "pass_rate": r["pass_rate"],
-            "n_checked": r["n_checked"],
-            "organs": {k: v["pass_rate"] for k, v in r["organs"].items()},
-        }
-    )
-
-
-def _size(args: argparse.Namespace) -> None:
-    from maisi.evaluation.size import evaluate_size
-
-    r = evaluate_size(args.pairs, out=args.out, overwrite=args.overwrite)
-    _print(
-        {
-            k: {
-                "n": v["n"],
-                "mean_abs_relative_error": v["abs_relative_error"].get("mean"),
-                "spearman": v["spearman"],
-            }
-            for k, v in r["anatomy"].items()
-        }
-    )
-
-
-def _memorization(args: argparse.Namespace) -> None:
-    from maisi.evaluation.memorization import evaluate_memorization
-
-    r = evaluate_memorization(
-        args.synthetic,
-        args.training,
-        grid=args.grid,
-        threshold=args.threshold,
-        out=args.out,
-        overwrite=args.overwrite,
-    )
-    _print({k: r[k] for k in ("n_flagged", "synthetic_nearest", "training_nearest")})
-
-
-def _report(args: argparse.Namespace) -> None:
-    from maisi.evaluation.report import build_report
-
-    written = build_report(
-        args.dir,
-        real=args.real,
-        synthetic=args.synthetic,
-        training=args.training,
-        segmenter=args.segmenter,
-        fid_extractor=args.extractor,
-        fid_weights=args.extractor_weights,
-        fid_options=_fid_options(args),
-        examples=args.examples,
-        compute=not args.no_compute,
-        device=args.device,
-        overwrite=args.overwrite,
-    )
-    print(f"report: {written['html']}  (Markdown: {written['markdown']})")
-
-
-def _train_segmenter(args: argparse.Namespace) -> None:
-    from maisi.evaluation.segmenter import train_segmenter
+def _train_segmenter(args: argparse.Namespace) -> int:
     from maisi.labels import LARGE_ORGANS
+    from maisi.training.tasks.segmenter import segmenter_config, train_segmenter
 
-    folder = train_segmenter(
-        args.data,
-        args.run_dir,
+    options = dict(
         steps=args.steps,
         seed=args.seed,
         labels=args.labels,
@@ -321,37 +262,17 @@ def _train_segmenter(args: argparse.Namespace) -> None:
         roi_size=args.roi_size,
         batch_size=args.batch_size,
         lr=args.lr,
+    )
+    if args.dry_run:
+        print_config(segmenter_config(args.data, args.run_dir, **options))
+        return 0
+    folder = train_segmenter(
+        args.data,
+        args.run_dir,
+        **options,
         device=args.device,
         overwrite=args.overwrite,
         progress=sys.stderr.isatty(),
     )
     print(f"segmenter: {folder}")
-
-
-HANDLERS = {
-    "recon": _recon,
-    "fid": _fid,
-    "consistency": _consistency,
-    "qc": _qc,
-    "size": _size,
-    "memorization": _memorization,
-    "report": _report,
-    "train-segmenter": _train_segmenter,
-}
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.evaluate_command is None:
-        args._parser.print_help()
-        return 2
-    if args.dry_run:
-        print(
-            json.dumps(
-                {k: v for k, v in vars(args).items() if k not in ("func", "_parser", "dry_run")},
-                indent=2,
-                default=str,
-            )
-        )
-        return 0
-    HANDLERS[args.evaluate_command](args)
     return 0

@@ -1,4 +1,4 @@
-"""``maisi train {vae,diffusion,controlnet,mask-vae,mask-diffusion}``: train or fine-tune one network.
+"""``maisi train {vae,diffusion,controlnet,mask-vae,mask-diffusion,segmenter}``: train or fine-tune one network.
 
 Re-running the same command resumes from the run folder's newest checkpoint. Under ``torchrun`` the same command
 trains with DDP.
@@ -10,13 +10,13 @@ import argparse
 
 from maisi.cli.common import add_config_args, print_config, resolve_config
 
-TASKS = ("vae", "diffusion", "controlnet", "mask-vae", "mask-diffusion")
+TASKS = ("vae", "diffusion", "controlnet", "mask-vae", "mask-diffusion", "segmenter")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a VAE, diffusion UNet, ControlNet or the mask-generation models (resumable, DDP)",
+        help="train a VAE, diffusion UNet, ControlNet, the mask-generation models or the segmenter (resumable, DDP)",
         description="Train one MAISI network. Re-run the same command to resume; use torchrun for several "
         "processes. Prints 'final: step=N val_loss=X' at the end (also written to RUN_DIR/final.txt).",
     )
@@ -33,6 +33,7 @@ HELP = {
     "controlnet": "ControlNet on label maps (on cached latents with labels; --init-from the UNet)",
     "mask-vae": "mask VAE (on label maps)",
     "mask-diffusion": "mask diffusion UNet (on label maps; --init-from the mask VAE)",
+    "segmenter": "consistency segmenter (model.segmenter, on image/label pairs in MAISI ids)",
 }
 
 

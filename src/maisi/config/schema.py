@@ -11,7 +11,7 @@ Spatial order is (X, Y, Z) in RAS everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -118,6 +118,38 @@ class DiscriminatorConfig:
     norm: str = "INSTANCE"
 
 
+def _default_segmenter_network() -> dict[str, Any]:
+    return {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "channels": [8, 16, 32, 64],
+        "strides": [2, 2, 2],
+        "num_res_units": 1,
+    }
+
+
+@dataclass
+class SegmenterConfig:
+    """A 3D segmentation network for mask-image consistency: a class of ``monai.networks.nets`` (by name, from that
+    namespace only) with its keyword arguments, and what its output channels mean.
+
+    ``labels`` are the MAISI ids of output channels 1, 2, ... (channel 0 is background); with ``groups`` channel k
+    learns the union of group k's ids and outputs its first id (``labels`` are then those first ids). Empty
+    ``labels`` and no ``groups``: every id found in the training data except the body envelope.
+    """
+
+    network: str = "UNet"
+    network_kwargs: dict[str, Any] = field(default_factory=_default_segmenter_network)
+    labels: tuple[int, ...] = ()
+    groups: dict[str, tuple[int, ...]] | None = None
+    #: voxel size (mm) the network expects (None: any)
+    spacing: Triple | None = None
+    #: training crop and inference window (multiples of the network's downsampling)
+    roi_size: IntTriple = (64, 64, 64)
+    #: input scaling: ct ([-1000, 1000] HU -> [0, 1]), mri (percentiles) or unit
+    intensity: Literal["ct", "mri", "unit"] = "ct"
+
+
 @dataclass
 class SchedulerConfig:
     """Noise scheduler. ``kind`` selects rectified flow or DDPM; fields of the other kind are ignored."""
@@ -172,6 +204,7 @@ class ModelConfig:
         )
     )
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     mask_scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(kind="ddpm"))
     mask_latent_shape: tuple[int, ...] = (4, 64, 64, 64)
@@ -293,6 +326,60 @@ class GenerateConfig:
 
 
 @dataclass
+class FIDConfig:
+    """FID 2.5D: the 2D feature extractor and how volumes are prepared and sliced
+    (:class:`maisi.evaluation.fid.FIDOptions`)."""
+
+    #: random (weights-free, not comparable to published FIDs), resnet50 (ImageNet) or radimagenet weights
+    extractor: Literal["random", "resnet50", "radimagenet"] = "random"
+    extractor_weights: str | None = None
+    spacing: Triple | None = None
+    shape: IntTriple | None = None
+    pad: bool = True
+    crop: bool = True
+    center_slice_ratio: float = 1.0
+    slice_step: int = 1
+    intensity: Literal["ct", "ct-minmax", "mri", "unit"] = "ct"
+    batch_size: int = 64
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+@dataclass
+class EvaluateConfig:
+    """One ``maisi evaluate`` run: which evaluation (``what``), on which data, with which options."""
+
+    what: Literal["recon", "fid", "consistency", "qc", "size", "memorization", "report"] = "report"
+    #: real (training or held-out) volumes or pairs; generated pairs; the training set (memorisation)
+    real: str | None = None
+    synthetic: str | None = None
+    training: str | None = None
+    #: recon: a model set holding a VAE, and the volumes to reconstruct
+    weights: str | None = None
+    data: str | None = None
+    #: consistency: a segmenter folder or run, or ``totalsegmentator``
+    segmenter: str | None = None
+    #: report: the folder results are read from and written to
+    dir: str | None = None
+    #: write the full result as JSON to this file
+    out: str | None = None
+    overwrite: bool = False
+    device: str = "cpu"
+    #: vocabulary of label maps not written by maisi (a generated sample's sidecar says its are MAISI ids)
+    label_set: str = "auto"
+    max_cases: int | None = None
+    intensity: Literal["ct", "mri"] = "ct"
+    #: consistency: MAISI ids to score (empty: every id the segmenter knows)
+    labels: tuple[int, ...] = ()
+    grid: IntTriple = (32, 32, 32)
+    threshold: float = 0.98
+    examples: int = 3
+    #: report: compute missing results (false: only render what the folder holds)
+    compute: bool = True
+    fid: FIDConfig = field(default_factory=FIDConfig)
+
+
+@dataclass
 class Config:
     """Everything one run needs. ``preset`` records which preset the values started from."""
 
@@ -301,3 +388,4 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

@@ -115,3 +115,17 @@ def unit_to_output(unit: np.ndarray, modality_id: int) -> tuple[np.ndarray, str]
         return out.clip(0, np.iinfo(np.int16).max).astype(np.int16), "MR: [0, 1] -> [0, 1000], clipped at 0"
     hu = np.rint(unit_to_ct(unit)).astype(np.int16)
     return hu, f"CT: [0, 1] -> [{CT_MIN_HU:g}, {CT_MAX_HU:g}] HU"
+
+
+def scale_intensity(array: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a volume to network input units: ``ct`` ([-1000, 1000] HU -> [0, 1]), ``mri`` (percentiles) or
+    ``unit`` (clipped to [0, 1])."""
+    from maisi.errors import ConfigError
+
+    if mode == "ct":
+        return ct_to_unit(array)
+    if mode == "mri":
+        return mri_to_unit(array)[0]
+    if mode == "unit":
+        return np.clip(np.asarray(array, dtype=np.float32), 0.0, 1.0)
+    raise ConfigError(f"intensity must be 'ct', 'mri' or 'unit', got {mode!r}")

@@ -223,7 +223,9 @@ def write_phantoms(
         save_nifti(image_path, ph.image, ph.affine, overwrite=overwrite)
         save_nifti(label_path, ph.label, ph.affine, overwrite=overwrite)
         write_json(
-            out / f"{stem}_meta.json", {"volumes_ml": ph.volumes_ml, "params": ph.params}, overwrite=overwrite
+            out / f"{stem}_meta.json",
+            {"label_ids": "MAISI", "volumes_ml": ph.volumes_ml, "params": ph.params},
+            overwrite=overwrite,
         )
         try:
             top, bottom = L.regions_of(ph.label)

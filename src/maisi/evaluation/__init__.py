@@ -16,7 +16,7 @@ from maisi.evaluation.metrics import image_metrics, ms_ssim, psnr, ssim
 from maisi.evaluation.qc import evaluate_qc
 from maisi.evaluation.recon import evaluate_recon
 from maisi.evaluation.report import build_report
-from maisi.evaluation.segmenter import Segmenter, train_segmenter
+from maisi.evaluation.segmenter import Segmenter
 from maisi.evaluation.size import evaluate_size
 
 __all__ = [
@@ -40,5 +40,4 @@ __all__ = [
     "ms_ssim",
     "psnr",
     "ssim",
-    "train_segmenter",
 ]

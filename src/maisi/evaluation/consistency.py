@@ -21,7 +21,7 @@ import numpy as np
 
 from maisi import labels as maisi_labels
 from maisi.errors import ConfigError
-from maisi.evaluation.volumes import find_cases, summarize
+from maisi.evaluation.volumes import find_cases, read_pair, summarize
 
 SegmenterFn = Callable[[Any], np.ndarray]
 
@@ -121,6 +121,7 @@ def evaluate_consistency(
     segmenter: str | os.PathLike | SegmenterFn,
     *,
     label_ids: Iterable[int] | None = None,
+    label_set: str = "auto",
     device: str = "cpu",
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -131,11 +132,12 @@ def evaluate_consistency(
     Args:
         pairs: folder of generated ``*_image`` / ``*_label`` pairs (or a datalist).
         segmenter: see :func:`load_segmenter`, or a callable.
+        label_set: vocabulary of label maps maisi did not generate (see :func:`~maisi.evaluation.volumes.read_pair`).
         label_ids: labels to score; default: those the segmenter knows (``segmenter.labels``) that are present
             in each mask, body (200) excluded.
         out: write the result as JSON here.
 
-    A segmenter of merged groups (``segmenter.groups``, see :func:`maisi.evaluation.segmenter.train_segmenter`)
+    A segmenter of merged groups (``segmenter.groups``, see :func:`maisi.training.tasks.segmenter.train_segmenter`)
     is scored on its groups only.
 
     Returns:
@@ -144,7 +146,6 @@ def evaluate_consistency(
         each label's mean (None for a group segmenter), ``group_mean_dice`` the mean over the large-organ groups
         (liver, spleen, kidneys, lungs, vertebrae) of each group's mean.
     """
-    from maisi.data.nifti import load_pair
 
     seg = load_segmenter(segmenter, device=device) if isinstance(segmenter, str | os.PathLike) else segmenter
     known = getattr(seg, "labels", None)
@@ -168,7 +169,7 @@ def evaluate_consistency(
     per_label: dict[int, list[float]] = {}
     per_group: dict[str, list[float]] = {}
     for case in cases:
-        image, label = load_pair(case.image, case.label)
+        image, label = read_pair(case, label_set=label_set)
         prediction = seg(image)
         present = {int(i) for i in np.unique(label.array)} - {0, maisi_labels.BODY}
         ids = present if wanted is None else present & wanted

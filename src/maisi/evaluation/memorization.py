@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maisi.evaluation.volumes import Case, find_cases, scale_intensity, summarize
+from maisi.data.intensity import scale_intensity
+from maisi.evaluation.volumes import Case, find_cases, summarize
 
 DEFAULT_GRID = (32, 32, 32)
 DEFAULT_THRESHOLD = 0.98

@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from maisi.evaluation.volumes import find_cases, summarize
+from maisi.evaluation.volumes import find_cases, read_pair, summarize
 
 
 def evaluate_qc(
-    pairs: str | os.PathLike, *, out: str | os.PathLike | None = None, overwrite: bool = False
+    pairs: str | os.PathLike,
+    *,
+    label_set: str = "auto",
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the organ median-HU check on every CT image/label pair.
 
@@ -19,13 +23,12 @@ def evaluate_qc(
         "cases": [{"name", "passed", "organs"}]}``; ``pass_rate`` is the fraction of volumes whose every checked
         organ passed (volumes with no checkable organ are left out of it).
     """
-    from maisi.data.nifti import load_pair
     from maisi.generation.qc import check_organ_medians
 
     rows = []
     organs: dict[str, dict[str, Any]] = {}
     for case in find_cases(pairs, need_labels=True):
-        image, label = load_pair(case.image, case.label)
+        image, label = read_pair(case, label_set=label_set)
         check = check_organ_medians(image.array, label.array)
         rows.append(
             {

@@ -60,9 +60,8 @@ def evaluate_recon(
         ``{"cases": [{"name", "shape", "psnr", "ssim", "ms_ssim", "mae_hu", "seconds"}], "summary": {metric:
         summary}, "weights", "scale_factor"}``.
     """
-    from maisi.data.intensity import CT_MAX_HU, CT_MIN_HU
+    from maisi.data.intensity import CT_MAX_HU, CT_MIN_HU, scale_intensity
     from maisi.data.nifti import load_nifti
-    from maisi.evaluation.volumes import scale_intensity
     from maisi.latents import LatentCodec
     from maisi.networks.model_set import load_model_set
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from maisi.errors import ConfigError, DataError
+from maisi.errors import DataError
 from maisi.io import read_json
 
 PathLike = str | os.PathLike
@@ -170,15 +170,25 @@ def json_number(x: float) -> float | str | None:
     return x
 
 
-def scale_intensity(array: np.ndarray, mode: str) -> np.ndarray:
-    """Scale a volume to network input units: ``ct`` ([-1000, 1000] HU -> [0, 1]), ``mri`` (percentiles) or
-    ``unit`` (clipped to [0, 1])."""
-    from maisi.data.intensity import ct_to_unit, mri_to_unit
+def read_pair(case: Case, *, label_set: str = "auto"):
+    """The image and the label map (in MAISI ids) of a case, on one grid.
 
-    if mode == "ct":
-        return ct_to_unit(array)
-    if mode == "mri":
-        return mri_to_unit(array)[0]
-    if mode == "unit":
-        return np.clip(np.asarray(array, dtype=np.float32), 0.0, 1.0)
-    raise ConfigError(f"segmenter intensity must be 'ct', 'mri' or 'unit', got {mode!r}")
+    The label map of a sample or phantom maisi made (its sidecar says ``label_ids: MAISI``) is read as MAISI ids; any
+    other through :func:`maisi.data.labelmaps.read_label_map` in ``label_set`` (``auto``: decided from the map's
+    anatomy, or refused), so a real set in another vocabulary is never scored with misread ids.
+
+    Returns:
+        ``(image Volume, label Volume)``.
+    """
+    from maisi.data.labelmaps import read_label_map
+    from maisi.data.nifti import Volume, check_same_grid, load_nifti
+
+    if case.label is None:
+        raise DataError(f"{case.image}: no label map for case {case.name!r}")
+    image = load_nifti(case.image, kind="image")
+    meta = case.read_sidecar()
+    generated = "MAISI" in (meta.get("label_ids"), meta.get("output", {}).get("label_ids"))
+    read = read_label_map(case.label, label_set="maisi" if generated else label_set)
+    label = Volume(array=read.label, affine=read.affine, path=str(case.label))
+    check_same_grid(image, label)
+    return image, label

@@ -24,11 +24,18 @@ import dataclasses
 import torch
 from torch import nn
 
-from maisi.config.schema import ControlNetConfig, DiscriminatorConfig, ModelConfig, UNetConfig, VAEConfig
+from maisi.config.schema import (
+    ControlNetConfig,
+    DiscriminatorConfig,
+    ModelConfig,
+    SegmenterConfig,
+    UNetConfig,
+    VAEConfig,
+)
 from maisi.performance.convolutions import onednn_eligible
 
 #: Component names, in the order of a model set; each maps to its config field in :class:`ModelConfig`.
-COMPONENTS: tuple[str, ...] = ("vae", "unet", "controlnet", "mask_vae", "mask_unet", "discriminator")
+COMPONENTS: tuple[str, ...] = ("vae", "unet", "controlnet", "mask_vae", "mask_unet", "discriminator", "segmenter")
 
 
 def build_vae(cfg: VAEConfig, *, fast: bool = True) -> nn.Module:
@@ -109,6 +116,21 @@ def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
     return PatchDiscriminator(**dataclasses.asdict(cfg))
 
 
+def build_segmenter(cfg: SegmenterConfig) -> nn.Module:
+    """``monai.networks.nets.<network>(**network_kwargs, out_channels=len(labels) + 1)``: only classes of that
+    namespace, so a config cannot name arbitrary code."""
+    import monai.networks.nets as nets
+
+    from maisi.errors import ConfigError
+
+    cls = getattr(nets, str(cfg.network), None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"segmenter network {cfg.network!r} is not a class of monai.networks.nets")
+    kwargs = dict(cfg.network_kwargs)
+    kwargs.setdefault("out_channels", len(cfg.labels) + 1)
+    return cls(**kwargs)
+
+
 _BUILDERS = {
     "vae": build_vae,
     "unet": build_unet,
@@ -116,6 +138,7 @@ _BUILDERS = {
     "mask_vae": build_vae,
     "mask_unet": build_unet,
     "discriminator": build_discriminator,
+    "segmenter": build_segmenter,
 }
 
 

@@ -150,7 +150,7 @@ def load_official_components(
     for vae_name, unet_name in SCALE_FACTOR_OWNERS:
         if unet_name in loaded:
             extra = loaded[unet_name].extra
-        elif (odir / files[unet_name]).is_file():
+        elif unet_name in files and (odir / files[unet_name]).is_file():  # MR variants have no mask networks
             extra = official_extras(odir / files[unet_name])
         else:
             continue

@@ -107,6 +107,8 @@ def find_cases(path: str | os.PathLike, *, kind: str) -> list[Case]:
     if kind != "volumes":
         raise ValueError(f"kind must be 'volumes' or 'latents', got {kind!r}")
     datalist = p / DATALIST_NAME if p.is_dir() else p
+    if p.is_dir() and not datalist.is_file() and any(p.glob("*_image.nii*")):
+        return _pair_cases(p)
     if not datalist.is_file():
         if p.is_dir() and any(p.glob(f"*{LATENT_SUFFIX}")):
             raise DataError(
@@ -135,6 +137,18 @@ def find_cases(path: str | os.PathLike, *, kind: str) -> list[Case]:
         )
     if not cases:
         raise DataError(f"{datalist}: the datalist has no entries")
+    return cases
+
+
+def _pair_cases(folder: Path) -> list[Case]:
+    """A folder of ``<name>_image.nii[.gz]`` (with ``<name>_label.nii[.gz]`` when present) files, e.g. generated
+    samples or phantoms."""
+    cases = []
+    for image in sorted(folder.glob("*_image.nii*")):
+        name = _stem(str(image))
+        labels = [folder / f"{name}_label{ext}" for ext in (".nii.gz", ".nii")]
+        label = next((str(p.resolve()) for p in labels if p.is_file()), None)
+        cases.append(Case(name=name, image=str(image.resolve()), label=label))
     return cases
 
 

@@ -204,7 +204,7 @@ class Trainer:
             return
         old = to_dict(load_config(files=[saved]))
         new = to_dict(self.cfg)
-        for section in ("generate", "preset"):
+        for section in ("generate", "evaluate", "preset"):
             old.pop(section, None)
             new.pop(section, None)
         for key in RESUMABLE_KEYS:

@@ -11,11 +11,12 @@ from maisi.training.tasks.controlnet import ControlNetTask
 from maisi.training.tasks.diffusion import DiffusionTask
 from maisi.training.tasks.mask_diffusion import MaskDiffusionTask
 from maisi.training.tasks.mask_vae import MaskVAETask
+from maisi.training.tasks.segmenter import SegmenterTask
 from maisi.training.tasks.vae import VAETask
 
 #: ``train.task`` -> task class
 TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (VAETask, DiffusionTask, ControlNetTask, MaskVAETask, MaskDiffusionTask)
+    t.name: t for t in (VAETask, DiffusionTask, ControlNetTask, MaskVAETask, MaskDiffusionTask, SegmenterTask)
 }
 
 
@@ -35,6 +36,7 @@ __all__ = [
     "Group",
     "MaskDiffusionTask",
     "MaskVAETask",
+    "SegmenterTask",
     "SavedComponent",
     "Task",
     "VAETask",
