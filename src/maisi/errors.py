@@ -26,5 +26,9 @@ class RequestError(MaisiError, ValueError):
     """A generation request is invalid."""
 
 
+class DownloadError(MaisiError):
+    """A download failed (no network, missing file, size or hash mismatch, an unsafe or corrupt archive)."""
+
+
 class NotImplementedYet(MaisiError):
     """A command exists in the CLI but is not built yet."""

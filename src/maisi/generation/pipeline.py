@@ -304,39 +304,24 @@ def _attempt(run: _Run, indices: list[int], attempts: list[int]) -> list[_Attemp
 def _check(run: _Run, made: _Attempt, attempt: int, history: list[dict]) -> tuple[np.ndarray, dict | None]:
     """The image in output units and its quality check (CT with a label map only); appends the attempt to
     ``history``."""
-    from maisi.generation.qc import check_organ_medians
+    from maisi.generation.qc import check_organ_medians, qc_reason
 
     t0 = time.perf_counter()
     image, _ = unit_to_output(made.unit.numpy(), run.plan.modality)
-    qc = check_organ_medians(image, made.mask.label) if _checked(run.plan) else None
+    qc = check_organ_medians(image, made.mask.label) if qc_reason(run.plan) is None else None
     made.timings["qc_s"] = round(time.perf_counter() - t0, 4)
     passed = None if qc is None else qc["passed"]
     history.append({"attempt": attempt, "passed": passed, "mask_source": made.mask.source})
     return image, qc
 
 
-def _checked(plan: Plan) -> bool:
-    """Whether the organ median-HU quality check runs: asked for, CT, and a label map to find the organs in."""
-    return _qc_reason(plan) is None
-
-
-def _qc_reason(plan: Plan) -> str | None:
-    """Why the quality check does not run (None when it does)."""
-    if plan.mask_source == "none":
-        return "image-only generation: no label map to find the organs in"
-    if is_mr(plan.modality):
-        return "MR: the organ median-HU check is defined for CT"
-    if not plan.request.qc:
-        return "turned off (--no-qc)"
-    return None
-
-
 def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample]:
     """Samples of one batch, each retried alone (new seeds, new mask) while its quality check fails."""
+    from maisi.generation.qc import qc_reason
     from maisi.generation.request import fov_warnings
 
     gen = run.plan.request
-    retries = gen.qc_retries if (_checked(run.plan) and run.initial_noise is None) else 0
+    retries = gen.qc_retries if (qc_reason(run.plan) is None and run.initial_noise is None) else 0
     samples = []
     for index, made in zip(indices, _attempt(run, indices, [0] * len(indices))):
         history: list[dict] = []
@@ -363,7 +348,7 @@ def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample
             "weights": run.identity,
             "digest": run.plan.digest(index, run.identity),
             "noise_source": run.noise_source,
-            "qc_reason": _qc_reason(run.plan),
+            "qc_reason": qc_reason(run.plan),
         }
         keep, written = run.plan.keep_ids, mask.label
         if keep and mask.label is not None:

@@ -66,3 +66,17 @@ def check_organ_medians(image_hu: np.ndarray, label: np.ndarray) -> dict[str, An
             "voxels": int(values.size),
         }
     return {"passed": all(o["passed"] for o in organs.values()), "organs": organs}
+
+
+def qc_reason(plan: Any) -> str | None:
+    """Why the quality check of a run's samples does not run (None when it does): it needs CT, a label map to
+    find the organs in, and not to be turned off."""
+    from maisi.data.intensity import is_mr
+
+    if plan.mask_source == "none":
+        return "image-only generation: no label map to find the organs in"
+    if is_mr(plan.modality):
+        return "MR: the organ median-HU check is defined for CT"
+    if not plan.request.qc:
+        return "turned off (--no-qc)"
+    return None

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from maisi.networks.hub import DownloadError
+from maisi.errors import DownloadError
 
 #: written into an extracted folder: which archive (name, size) it holds, and how many files
 MARKER = ".maisi-extracted.json"

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from maisi.errors import MaisiError
+from maisi.errors import DownloadError
 from maisi.io import sha256_file
 from maisi.networks.variants import CT_REPO, VARIANTS, HubFile
 
@@ -27,10 +27,6 @@ HUB_REPO = CT_REPO
 _CHUNK = 1 << 20
 #: staging folder of :class:`HuggingFaceHub` beside each file (removed after a complete download)
 STAGING = ".hf-download"
-
-
-class DownloadError(MaisiError):
-    """A download failed (no network, missing file, size or hash mismatch)."""
 
 
 def default_weights_dir(variant: str) -> Path:
@@ -263,7 +259,7 @@ def download(
         shutil.rmtree(staging, ignore_errors=True)
     extracted = []
     if not models_only and spec.archive is not None:
-        from maisi.networks.archive import extract_zip  # imports this module (DownloadError)
+        from maisi.networks.archive import extract_zip
 
         a = spec.archive
         extracted.append(
