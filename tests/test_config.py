@@ -52,15 +52,28 @@ def test_official_training_values():
 
 
 @pytest.mark.parametrize(
-    "fname",
+    "fname,has_output,ignored",
     [
-        "environment_rflow-ct.json",
-        "environment_maisi_vae_train.json",
-        "environment_maisi_diff_model_rflow-ct.json",
+        ("environment_rflow-ct.json", True, ["trained_controlnet_path", "all_mask_files_json"]),
+        ("environment_maisi_vae_train.json", False, ["model_dir", "finetune"]),
+        ("environment_maisi_diff_model_rflow-ct.json", True, ["json_data_list", "existing_ckpt_filepath"]),
     ],
 )
-def test_official_environment_files_accepted(fname):
-    load_config(files=[REF / fname])
+def test_official_environment_files_change_only_the_output_folder(fname, has_output, ignored, caplog):
+    """An environment file holds paths of the official folder layout: its output folder becomes
+    ``generate.output_dir``; every other key changes nothing and is named in the one warning."""
+    import logging
+
+    path = REF / fname
+    with caplog.at_level(logging.WARNING, logger="maisi.config.official"):
+        cfg = load_config(files=[path])
+    expected = to_dict(preset("rflow-ct"))
+    if has_output:
+        expected["generate"]["output_dir"] = json.loads(path.read_text())["output_dir"]
+        assert cfg.generate.output_dir == expected["generate"]["output_dir"]
+    assert to_dict(cfg) == expected
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert all(key in warning for key in ignored) and "output_dir" not in warning
 
 
 def test_unknown_key_in_file_names_key_and_file(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from maisi import cli, labels
+from maisi.errors import RequestError
 from maisi.generation import generate
 from maisi.io import OutputExistsError
 from test_generation_common import DATA, one_thread, request, session_weights  # noqa: F401
@@ -128,7 +129,9 @@ def test_fixed_initial_noise_reproduces_the_seeded_sample(run_a, weights, tmp_pa
     made = generate(cfg, indices=[1], return_unit=True)
     assert np.array_equal(made[0].unit, singles[1].unit)
     assert made[0].metadata["initial_noise"] == str(tmp_path / "noise.npy")
-    with pytest.raises(Exception, match="does not match the latent shape"):
+    with pytest.raises(
+        RequestError, match=r"initial_noise: shape \(2, 4, 8, 16, 8\) does not match the latent shape"
+    ):
         generate(cfg, initial_noise=noise[:, :, :8], write=False)
 
 
@@ -303,8 +306,8 @@ def test_guidance_uses_the_tumour_free_mask_as_unconditional_control(weights, tm
         uncond_ctrl = build_denoiser(ms, [free], guidance=0.0, **kw)
     assert not torch.allclose(plain, guided)
     # s = 2: uncond + 2 (cond - uncond) = 2 cond - uncond, uncond = (modality 0, tumour-free control)
-    from maisi.diffusion import make_denoiser
     from maisi.conditioning import binarize_labels, spacing_input
+    from maisi.diffusion import make_denoiser
 
     ref_uncond = make_denoiser(
         ms["unet"],

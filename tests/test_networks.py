@@ -51,40 +51,73 @@ def _unet_inputs(cfg, latent=(8, 8, 8), batch=1):
     return x, torch.tensor([500.0] * batch), kw
 
 
+def _perturb_zero_weights(model: torch.nn.Module, seed: int = 0) -> None:
+    """MONAI zero-initialises the UNet's output and the ControlNet's residual projections (so a fresh ControlNet
+    adds exactly 0): give those weights small values, as after training, so that dropping them is detectable."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
 @pytest.mark.parametrize("name", ["tiny", "rflow-ct", "ddpm-ct"])
-def test_preset_forward_shapes_cpu_fp32(name):
+def test_preset_networks_use_their_inputs_cpu_fp32(name):
+    """Each network of a preset runs on CPU fp32 at the right shapes and its output depends on what it is given:
+    the VAE reconstructs its input's latent, the UNet its conditioning, the ControlNet its label map."""
     torch.manual_seed(0)
     m = preset(name).model
     with torch.no_grad():
         vae = build("vae", m).eval()
-        img = torch.rand(1, 1, 32, 32, 32)
+        img = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
         mu, sigma = vae.encode(img)
-        assert mu.shape == (1, 4, 8, 8, 8) and sigma.shape == mu.shape
-        assert vae.decode(mu).shape == (1, 1, 32, 32, 32)
+        assert mu.shape == (1, 4, 8, 8, 8) and sigma.shape == mu.shape and bool((sigma > 0).all())
+        decoded = vae.decode(mu)
+        assert decoded.shape == (1, 1, 32, 32, 32)
+        if name == "tiny":
+            assert (decoded - vae.decode(mu + 1.0)).abs().mean() > 1e-4  # the decoder reads its latent
         unet = build("unet", m).eval()
+        _perturb_zero_weights(unet)
         x, t, kw = _unet_inputs(m)
         out = unet(x, t, **kw)
         assert out.shape == x.shape and torch.isfinite(out).all()
+        if name == "tiny":  # (the official-size networks take seconds a call: their wiring is MONAI's and equal)
+            assert (unet(x, t * 0.5, **kw) - out).abs().mean() > 1e-4  # the time embedding reaches the output
+            other = {**kw, "spacing_tensor": kw["spacing_tensor"] * 2}
+            assert (unet(x, t, **other) - out).abs().mean() > 1e-6  # so does the spacing input
         control = build("controlnet", m).eval()
-        cond = torch.rand(1, 8, 32, 32, 32)
+        _perturb_zero_weights(control, seed=1)
         cls = kw.get("class_labels")
-        down, mid = control(x=x, timesteps=t, controlnet_cond=cond, class_labels=cls)
-        out2 = unet(x, t, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kw)
-        assert out2.shape == x.shape
+        outs = []
+        for seed in (2, 3) if name == "tiny" else (2,):  # two label maps
+            cond = (torch.rand(1, 8, 32, 32, 32, generator=torch.Generator().manual_seed(seed)) > 0.5).float()
+            down, mid = control(x=x, timesteps=t, controlnet_cond=cond, class_labels=cls)
+            outs.append(
+                unet(x, t, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kw)
+            )
+        assert outs[0].shape == x.shape
+        assert (outs[0] - out).abs().mean() > 1e-4  # the residuals are added
+        if len(outs) == 2:
+            assert (outs[0] - outs[1]).abs().mean() > 1e-5  # and depend on the label map
 
 
 @pytest.mark.parametrize("name", ["tiny", "rflow-ct"])
-def test_mask_models_forward_shapes(name):
+def test_mask_models_use_their_inputs(name):
     torch.manual_seed(0)
     m = preset(name).model
     with torch.no_grad():
         mvae = build("mask_vae", m).eval()
-        z = torch.randn(1, 4, 8, 8, 8)
-        assert mvae.decode(z).shape == (1, 125, 32, 32, 32)
+        z = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+        logits = mvae.decode(z)
+        assert logits.shape == (1, 125, 32, 32, 32)
         assert mvae.encode(torch.rand(1, 8, 32, 32, 32))[0].shape == (1, 4, 8, 8, 8)
         munet = build("mask_unet", m).eval()
-        out = munet(z, torch.tensor([10]), context=torch.rand(1, 1, 10))
+        _perturb_zero_weights(munet)
+        out = munet(z, torch.tensor([10]), context=torch.full((1, 1, 10), 0.5))
         assert out.shape == z.shape
+        if name == "tiny":  # the size vector conditions the output through cross-attention
+            other = munet(z, torch.tensor([10]), context=torch.full((1, 1, 10), -1.0))
+            assert (out - other).abs().mean() > 1e-5
 
 
 def test_fused_vae_equals_monai_reference():

@@ -173,8 +173,8 @@ def _mean(path):
 
 
 def test_controlnet_batch_and_region_contrastive_terms(data):
-    from maisi.training import make_task
     from maisi.conditioning import tumor_mask
+    from maisi.training import make_task
     from maisi.training.datasets import sample_generator
 
     cfg = load_config(

@@ -10,9 +10,6 @@ import torch
 from torch import nn
 
 from maisi import labels as L
-from maisi.errors import CheckpointError
-from maisi.io import read_torch_file
-from maisi.training import checkpointing as ck
 from maisi.conditioning import (
     SIZE_REFERENCE_ML,
     ids_to_mask_channels,
@@ -20,6 +17,9 @@ from maisi.conditioning import (
     size_vector_from_label,
     tumor_mask,
 )
+from maisi.errors import CheckpointError
+from maisi.io import read_torch_file
+from maisi.training import checkpointing as ck
 from maisi.training.datasets import BatchPlan, Case, rank_slots, sample_generator, split_cases
 from maisi.training.ema import EMA
 from maisi.training.logging import orthogonal_slices
@@ -126,13 +126,20 @@ def test_scale_factor_pools_many_latents():
     assert sf == pytest.approx(0.5, rel=0.03)
 
 
-def test_binary_label_encoding_used_for_training_matches_generation():
+def test_binary_label_encoding_is_lsb_first_and_loses_no_id():
+    """The ControlNet's 8 bit planes (one function, :func:`maisi.conditioning.binarize_labels`, for training and
+    generation): bit k of the id in channel k, and every id 0..255 recovered from its planes."""
     from maisi.conditioning import binarize_labels
 
     label = torch.tensor([0, 1, 200, 23]).reshape(1, 1, 1, 1, 4)  # (B, 1, X, Y, Z)
     bits = binarize_labels(label)
     assert bits.shape == (1, 8, 1, 1, 4)
     assert bits[0, :, 0, 0, 2].tolist() == [0, 0, 0, 1, 0, 0, 1, 1]  # 200 = 0b11001000, LSB first
+    assert bits[0, :, 0, 0, 3].tolist() == [1, 1, 1, 0, 1, 0, 0, 0]  # 23 = 0b00010111
+    every = torch.arange(256).reshape(1, 1, 256, 1, 1)
+    planes = binarize_labels(every)
+    weights = (2 ** torch.arange(8)).reshape(1, 8, 1, 1, 1).float()
+    assert torch.equal((planes * weights).sum(1).long(), every[:, 0])  # no two ids share their planes
 
 
 def test_size_vector_from_label():
@@ -220,7 +227,9 @@ def test_set_grad_checkpointing_switches_monai_flags(tiny_config):
     assert tiny_config.train.grad_checkpointing is False
     from maisi.config import preset
 
-    assert preset("rflow-ct").train.grad_checkpointing is None  # the official networks keep their own switches
+    assert (
+        preset("rflow-ct").train.grad_checkpointing is None
+    )  # the official networks keep their own switches
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
