@@ -40,7 +40,7 @@ TINY = UNetConfig(
 
 
 def official_unet_config() -> UNetConfig:
-    return load_config(files=[RESOURCES / "config_network_rflow.json"]).model.mask_unet
+    return load_config(files=[RESOURCES / "config_network_rflow.json"]).model.mask_unet_v2
 
 
 def reference_unet(cfg: UNetConfig, *, seed: int = 3) -> torch.nn.Module:
@@ -112,8 +112,8 @@ def test_official_checkpoint_layout_loads_strictly(tmp_path):
     reference = reference_unet(TINY)
     path = tmp_path / "mask_generation_diffusion_unet_v2.pt"
     torch.save({"unet_state_dict": reference.state_dict(), "scale_factor": torch.tensor(1.0056)}, path)
-    model_cfg = dataclasses.replace(preset("tiny").model, mask_unet=TINY)
-    component = load_official_component(path, "mask_unet", model_cfg)
+    model_cfg = dataclasses.replace(preset("tiny").model, mask_unet_v2=TINY)
+    component = load_official_component(path, "mask_unet_v2", model_cfg)
     assert component.extra["scale_factor"] == pytest.approx(1.0056)
     for k, v in reference.state_dict().items():
         assert torch.equal(component.model.state_dict()[k], v), k
@@ -122,12 +122,12 @@ def test_official_checkpoint_layout_loads_strictly(tmp_path):
     del state["adagn_context_embed.2.bias"]
     torch.save({"unet_state_dict": state}, path)
     with pytest.raises(CheckpointError, match=r"1 missing keys \[adagn_context_embed.2.bias\]"):
-        load_official_component(path, "mask_unet", model_cfg)
+        load_official_component(path, "mask_unet_v2", model_cfg)
     state = reference.state_dict()
     state["down_blocks.0.resnets.0.time_emb_proj.weight"] = torch.zeros(32, 128)  # plain MAISI shape
     torch.save({"unet_state_dict": state}, path)
     with pytest.raises(CheckpointError, match="1 shape mismatches"):
-        load_official_component(path, "mask_unet", model_cfg)
+        load_official_component(path, "mask_unet_v2", model_cfg)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -217,7 +217,7 @@ def test_maisi_checkpoint_round_trip_and_gradients(tmp_path):
 
     net = reference_unet(TINY)
     saved = maisi_unet(TINY, net.state_dict())
-    folder = save_component(tmp_path / "mask_unet", saved, TINY, component="mask_unet")
+    folder = save_component(tmp_path / "mask_unet_v2", saved, TINY, component="mask_unet_v2")
     loaded = load_component(folder).model
     x, t, context, spacing = _inputs()
     with torch.no_grad():

@@ -80,7 +80,7 @@ def _mask_scheduler():
     from maisi.config.loading import load_config
     from test_adagn import RESOURCES
 
-    return load_config(files=[RESOURCES / "config_network_rflow.json"]).model.mask_scheduler
+    return load_config(files=[RESOURCES / "config_network_rflow.json"]).model.mask_scheduler_v2
 
 
 def _maisi_latent(nets: Nets, condition, noise, *, guidance=GUIDANCE, spacing=(1.5, 1.5, 1.5), steps=STEPS):

@@ -193,13 +193,27 @@ def test_official_keys_maisi_does_not_use_are_named_in_one_warning(caplog):
     assert caplog.records == []
 
 
-def test_official_2026_network_file_gives_the_adagn_mask_generator():
-    cfg = load_config(
-        files=[Path(__file__).resolve().parents[2] / "shared/reference/maisi/2026/config_network_rflow.json"]
-    )
-    m = cfg.model
-    assert m.mask_unet.variant == "adagn" and m.mask_unet.adagn_condition_dim == 19
-    assert m.mask_unet.adagn_context_embed_dim == 256 and m.mask_unet.cross_attention_dim == 19
-    assert m.mask_unet.include_spacing_input is True and m.mask_unet.num_channels == (64, 128, 256, 512)
-    assert m.mask_scheduler.kind == "rflow" and m.mask_scheduler.scale == 1.0
-    assert m.unet == preset("rflow-ct").model.unet  # the image networks did not change
+def test_official_2026_files_give_the_adagn_mask_generator_and_the_v2_keys():
+    """The 2026 network file defines the AdaGN mask UNet and its rectified-flow scheduler under the v1 keys: they
+    load as ``mask_unet_v2`` / ``mask_scheduler_v2`` (equal to the rflow-ct preset's), the v1 ones untouched; the
+    v2 inference keys load into the request."""
+    cfg = load_config(files=[REF / "2026" / "config_network_rflow.json", REF / "2026" / "config_infer_v2.json"])
+    m, ref = cfg.model, preset("rflow-ct").model
+    assert m.mask_unet_v2.variant == "adagn" and m.mask_unet_v2.adagn_condition_dim == 19
+    assert m.mask_unet_v2.adagn_context_embed_dim == 256 and m.mask_unet_v2.cross_attention_dim == 19
+    assert m.mask_unet_v2.include_spacing_input is True and m.mask_unet_v2.num_channels == (64, 128, 256, 512)
+    assert m.mask_scheduler_v2.kind == "rflow" and m.mask_scheduler_v2.scale == 1.0
+    assert to_dict(m.mask_unet_v2) == to_dict(ref.mask_unet_v2)
+    assert to_dict(m.mask_scheduler_v2) == to_dict(ref.mask_scheduler_v2)
+    assert m.mask_unet == ref.mask_unet and m.mask_scheduler.kind == "ddpm" and m.unet == ref.unet
+    g = cfg.generate
+    assert g.mask_steps == 100 and g.mask_guidance == 2.0 and g.demographics == {}
+    assert g.organ_sizes == {"bone lesion": 0.5} and g.anatomy == ("bone lesion",)
+
+
+def test_official_demographics_pairs_load(tmp_path):
+    data = json.loads((REF / "2026" / "config_infer_v2.json").read_text())
+    data["controllable_demographics"] = [["age", 63], ["sex", "F"], ["weight", 70]]
+    f = tmp_path / "infer.json"
+    f.write_text(json.dumps(data))
+    assert load_config(files=[f]).generate.demographics == {"age": 63.0, "sex": "F", "weight": 70.0}

@@ -71,7 +71,7 @@ def test_model_source_without_a_mask_model_is_refused_before_loading(tmp_path, t
     bare = session_weights(tmp_path_factory, name="no-mask", mask=False)
     cfg = request(bare, tmp_path, **{**BASE, "mask_source": "model"})
     with pytest.raises(
-        RequestError, match=r"needs weights with the mask-generation model .* has \['controlnet'"
+        RequestError, match=r"needs weights with a mask-generation model .* has \['controlnet'"
     ):
         plan_generation(cfg)
 

@@ -62,9 +62,14 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("change, message", BAD_REQUESTS, ids=[m[:30] for _, m in BAD_REQUESTS])
 def test_bad_requests_give_one_line_errors(change, message):
+    """The request checks of a plan (before any loading): the request itself, then what its mask source can
+    follow (organ sizes of the v1 size vector for phantoms and the v1 mask model)."""
+    from maisi.generation.masks.choice import check_source
+
     gen = dataclasses.replace(GenerateConfig(output_size=(64, 64, 64), spacing=(3.0, 3.0, 3.0)), **change)
     with pytest.raises(RequestError) as e:
         request.validate_request(gen)
+        check_source("phantom", gen, None)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
 

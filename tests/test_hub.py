@@ -233,7 +233,8 @@ def test_official_files_table_is_derived_from_variants():
     assert OFFICIAL_FILES["rflow-ct"]["mask_unet"] == "mask_generation_diffusion_unet.pt"
     assert OFFICIAL_FILES["rflow-mr"] == {"vae": "autoencoder_v2.pt", "unet": "diff_unet_3d_rflow-mr.pt"}
     assert OFFICIAL_FILES["rflow-mr-brain"]["unet"] == "diff_unet_3d_rflow-mr-brain_v1.pt"
-    assert "mask_unet_v2" not in OFFICIAL_FILES["rflow-ct"]  # fetched, not loaded by model sets (yet)
+    assert OFFICIAL_FILES["rflow-ct"]["mask_unet_v2"] == OFFICIAL_FILES["ddpm-ct"]["mask_unet_v2"]
+    assert OFFICIAL_FILES["rflow-ct"]["mask_unet_v2"] == "mask_generation_diffusion_unet_v2.pt"  # loaded too
 
 
 def test_cli_download_with_hub_folder(fake_hub, tmp_path, capsys):

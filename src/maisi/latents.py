@@ -96,8 +96,8 @@ class LatentCodec:
         encode_overlap: overlap of neighbouring encode windows.
         device: where the VAE runs (the sliding-window device).
         output_device: where decoded images and encoded latents are assembled (official MAISI: CPU).
-        dtype: compute dtype of the VAE; float16 (CUDA) / bfloat16 run the VAE under autocast, results stay
-            float32.
+        dtype: compute dtype of the VAE; float16 (CUDA) / bfloat16 run the VAE under autocast with its output layer
+            in float32 (a bf16 output would quantise the image in ~7.8 HU steps), results stay float32.
         downsample: image/latent size ratio per axis; by default ``2 ** (number of downsampling blocks)``.
         progress: show a tqdm bar over windows.
     """
@@ -380,7 +380,43 @@ class LatentCodec:
             stack.enter_context(torch.no_grad())
             if self.dtype != torch.float32:
                 stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
+                stack.enter_context(_output_layer_in_float32(self.vae, self.device))
             yield
+
+
+@contextlib.contextmanager
+def _output_layer_in_float32(vae: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run the decoder's output layer (its last group norm and convolution) in float32 outside autocast.
+
+    Under bf16 autocast the decoded image would otherwise come out of a bf16 convolution: 8 significant bits, i.e.
+    steps of 2^-8 of the [0, 1] range near its top, ~7.8 HU on the CT scale. The layer has few output channels, so
+    float32 costs little.
+    """
+    blocks = getattr(getattr(vae, "decoder", None), "blocks", None)
+    if not isinstance(blocks, nn.ModuleList) or not len(blocks):
+        yield
+        return
+    layer = [blocks[-1]]
+    if len(blocks) > 1 and isinstance(blocks[-2], nn.GroupNorm):
+        layer.insert(0, blocks[-2])
+    kind = device.type if device.type in ("cpu", "cuda") else "cpu"
+    before = [m.__dict__.get("forward") for m in layer]
+    for m, own in zip(layer, before):
+        inner = own if own is not None else type(m).forward.__get__(m)
+
+        def forward(x: torch.Tensor, inner=inner) -> torch.Tensor:
+            with torch.autocast(kind, enabled=False):
+                return inner(x.float())
+
+        m.forward = forward
+    try:
+        yield
+    finally:
+        for m, own in zip(layer, before):
+            if own is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = own
 
 
 class _ScaledDecoder(nn.Module):

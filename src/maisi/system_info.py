@@ -77,6 +77,8 @@ def devices() -> list[dict[str, Any]]:
         }
     ]
     if torch.cuda.is_available():
+        from maisi.memory.budget import cuda_bf16_fast, default_dtype
+
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             out.append(
@@ -84,7 +86,10 @@ def devices() -> list[dict[str, Any]]:
                     "device": f"cuda:{i}",
                     "name": p.name,
                     "memory_gb": round(p.total_memory / 2**30, 1),
-                    "bf16": torch.cuda.is_bf16_supported(),
+                    "compute_capability": f"{p.major}.{p.minor}",
+                    # native bf16 (compute capability >= 8); torch.cuda.is_bf16_supported() also counts emulation
+                    "bf16": cuda_bf16_fast(i),
+                    "default_dtype": default_dtype(f"cuda:{i}"),
                 }
             )
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

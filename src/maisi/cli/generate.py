@@ -27,6 +27,7 @@ _FIELDS = {
     "num_samples": "num_samples",
     "steps": "steps",
     "mask_steps": "mask_steps",
+    "mask_guidance": "mask_guidance",
     "guidance": "guidance",
     "controlnet_scale": "controlnet_scale",
     "modality": "modality",
@@ -65,6 +66,13 @@ def register(subparsers) -> None:
         metavar="NAME=VALUE",
         help='relative sizes, e.g. liver=0.5 "hepatic tumor"=0.3',
     )
+    g.add_argument(
+        "--demographics",
+        nargs="+",
+        metavar="NAME=VALUE",
+        help="patient demographics for the v2 mask generator: age=63 sex=F weight=70 (kg) or bmi=24, height=175 "
+        "(cm; untrained, flagged); trained ranges age 19-87, weight 22-144, BMI 18-63; not weight with bmi",
+    )
     g.add_argument("--mask", metavar="FILE", help="your own label map (MAISI or TotalSegmentator ids)")
     g.add_argument(
         "--mask-source",
@@ -78,7 +86,12 @@ def register(subparsers) -> None:
     s = p.add_argument_group("sampling")
     s.add_argument("--num-samples", type=int, metavar="N")
     s.add_argument("--steps", type=int, metavar="K", help="sampling steps (rflow default 30)")
-    s.add_argument("--mask-steps", type=int, metavar="K", help="mask-model DDPM steps (default 1000)")
+    s.add_argument(
+        "--mask-steps", type=int, metavar="K", help="mask-generator steps (default: v1 1000 DDPM, v2 100 rflow)"
+    )
+    s.add_argument(
+        "--mask-guidance", type=float, metavar="S", help="v2 mask generator's guidance scale (default 2.0)"
+    )
     s.add_argument("--guidance", type=float, metavar="S", help="classifier-free guidance scale (0 = off)")
     s.add_argument(
         "--controlnet-scale",
@@ -119,11 +132,22 @@ def parse_organ_sizes(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _number_or_text(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options the user gave, as a config overlay."""
     gen: dict[str, Any] = {f: getattr(args, a) for a, f in _FIELDS.items() if getattr(args, a) is not None}
     if args.organ_size is not None:
         gen["organ_sizes"] = parse_organ_sizes(args.organ_size)
+    if args.demographics is not None:
+        from maisi.generation.masks.conditions_v2 import parse_demographics
+
+        gen["demographics"] = {name: _number_or_text(v) for name, v in parse_demographics(args.demographics)}
     if args.no_qc:
         gen["qc"] = False
     if args.no_preview:

@@ -55,9 +55,10 @@ NETWORK_TARGETS: dict[str, tuple[str | None, Callable[[], type]]] = {
     ),
     "monai.networks.nets.diffusion_model_unet.DiffusionModelUNet": ("monai", _monai_unet),
     "monai.networks.nets.DiffusionModelUNet": ("monai", _monai_unet),
-    "scripts.adagn_unet.DiffusionModelUNetMaisiAdaGN": ("adagn", _maisi_unet),
+    "scripts.adagn_unet.DiffusionModelUNetMaisiAdaGN": ("adagn", _maisi_unet),  # ADAGN_TARGET
     "monai.apps.generation.maisi.networks.controlnet_maisi.ControlNetMaisi": (None, _maisi_controlnet),
 }
+ADAGN_TARGET = "scripts.adagn_unet.DiffusionModelUNetMaisiAdaGN"
 #: official scheduler ``_target_`` -> scheduler kind
 SCHEDULER_TARGETS: dict[str, str] = {
     "monai.networks.schedulers.rectified_flow.RFlowScheduler": "rflow",
@@ -73,7 +74,13 @@ _NETWORK_KEYS = {
     "mask_generation_autoencoder_def": "mask_vae",
     "mask_generation_diffusion_def": "mask_unet",
 }
-_SCHEMAS = {"vae": VAEConfig, "mask_vae": VAEConfig, "unet": UNetConfig, "mask_unet": UNetConfig}
+_SCHEMAS = {
+    "vae": VAEConfig,
+    "mask_vae": VAEConfig,
+    "unet": UNetConfig,
+    "mask_unet": UNetConfig,
+    "mask_unet_v2": UNetConfig,
+}
 _INFER_KEYS = {
     "num_output_samples": "num_samples",
     "body_region": "body_region",
@@ -87,6 +94,7 @@ _INFER_KEYS = {
     "autoencoder_sliding_window_infer_size": "decode_window",
     "autoencoder_sliding_window_infer_overlap": "decode_overlap",
     "cfg_guidance_scale": "guidance",
+    "mask_generation_cfg_guidance_scale": "mask_guidance",
     "random_seed": "seed",
 }
 #: keys of official files that reference other parts of the bundle and carry no value of their own
@@ -196,7 +204,7 @@ def _class_defaults(cls: type) -> dict[str, Any]:
 
 def _network_overlay(kind: str, definition: Mapping[str, Any], top: Mapping[str, Any], where: str) -> dict:
     fields = {f.name for f in dataclasses.fields(_SCHEMAS.get(kind, ControlNetConfig))}
-    is_unet = kind in ("unet", "mask_unet")
+    is_unet = kind in ("unet", "mask_unet", "mask_unet_v2")
     out: dict[str, Any] = {}
     target = _target(definition, where)
     if target is not None:
@@ -213,11 +221,7 @@ def _network_overlay(kind: str, definition: Mapping[str, Any], top: Mapping[str,
         value = _resolve_refs(value, top, f"{where}.{key}")
         if key == "channels" and is_unet:
             key = "num_channels"
-        if (
-            kind in ("unet", "mask_unet", "controlnet")
-            and key == "num_head_channels"
-            and isinstance(value, int)
-        ):
+        if (is_unet or kind == "controlnet") and key == "num_head_channels" and isinstance(value, int):
             value = [value]
         out[key] = value
     return out
@@ -263,12 +267,17 @@ def official_to_overlay(data: Mapping[str, Any], *, source: str) -> dict[str, An
             allow-list.
     """
     t = _Translation(source)
+    # the 2026 files define the AdaGN mask generator (and its rectified-flow scheduler) under the v1 keys
+    v2 = _target(data.get("mask_generation_diffusion_def", {}), source) == NETWORK_TARGETS[ADAGN_TARGET]
     for key, value in data.items():
         where = f"{source}: {key}"
         if key in _NETWORK_KEYS:
-            t.model[_NETWORK_KEYS[key]] = _network_overlay(_NETWORK_KEYS[key], value, data, where)
+            name = "mask_unet_v2" if v2 and key == "mask_generation_diffusion_def" else _NETWORK_KEYS[key]
+            t.model[name] = _network_overlay(name, value, data, where)
         elif key in ("noise_scheduler", "mask_generation_noise_scheduler"):
-            name = "scheduler" if key == "noise_scheduler" else "mask_scheduler"
+            name = (
+                "scheduler" if key == "noise_scheduler" else "mask_scheduler_v2" if v2 else "mask_scheduler"
+            )
             t.model[name] = _scheduler_overlay(value, where)
         elif key == "mask_generation_scale_factor":
             t.model.setdefault("mask_vae", {})["scale_factor"] = value
@@ -294,6 +303,9 @@ def _translate_run_key(t: _Translation, key: str, value: Any, where: str) -> Non
         t.generate[_INFER_KEYS[key]] = value
     elif key == "controllable_anatomy_size":
         t.generate["organ_sizes"] = {str(name): float(size) for name, size in value}
+    elif key == "controllable_demographics":
+        if value:  # null or [] in the official files: no demographics
+            t.generate["demographics"] = {str(name): v for name, v in _pairs(value, where)}
     elif key == "modality":
         t.generate["modality"] = _modality_name(value, where)
     elif key in _TRAIN_SECTIONS:
@@ -341,3 +353,12 @@ def _modality_name(value: Any, where: str) -> str:
     if not names:
         raise ConfigError(f"{where}: unknown modality id {value!r}")
     return names[0]
+
+
+def _pairs(value: Any, where: str) -> list[tuple[str, Any]]:
+    """An official ``[[name, value], ...]`` list (or a ``{name: value}`` object)."""
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        return [(str(name), v) for name, v in items]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected [[name, value], ...], got {value!r}") from None

@@ -1,4 +1,5 @@
-"""Named presets: the official MAISI hyper-parameters (``rflow-ct``, ``ddpm-ct``) and ``tiny`` for CPU work.
+"""Named presets: the official MAISI hyper-parameters (``rflow-ct``, ``ddpm-ct``, ``rflow-mr``, ``rflow-mr-brain``)
+and ``tiny`` / ``demo`` for CPU work.
 
 A preset is a function returning a fresh :class:`~maisi.config.schema.Config`; overlays change it key by key.
 """
@@ -44,6 +45,67 @@ def ddpm_ct() -> Config:
         include_body_region=True,
     )
     return Config(preset="ddpm-ct", model=model, generate=GenerateConfig(steps=1000))
+
+
+#: official image-only decode of ``scripts/diff_model_infer.py`` (NV-Generate-CTMR): a sliding window of 80^3 latent
+#: voxels with overlap 0.4 (hard-coded there; ``config_infer.json``'s 48^3 / 0.6666 apply to the paired flow)
+_IMAGE_ONLY_DECODE = {"decode_window": (80, 80, 80), "decode_overlap": 0.4}
+
+
+def _mr(name: str, *, generate: GenerateConfig, lr: float) -> Config:
+    """An official MR variant: the rflow-ct networks (both MR variants are defined by ``config_network_rflow.json``:
+    the README's "Network Detail" row and the ``-t configs/config_network_rflow.json`` of their commands), image
+    only (no ControlNet, no mask), MR intensities, the official ``diffusion_unet_train`` learning rate."""
+    return Config(
+        preset=name,
+        data=DataConfig(modality="mri"),
+        train=TrainConfig(lr=lr, batch_size=1),
+        generate=generate,
+    )
+
+
+def rflow_mr() -> Config:
+    """Official body-MR model (``nvidia/NV-Generate-MR``: ``autoencoder_v2.pt``, its own VAE trained on CT and MR,
+    and ``diff_unet_3d_rflow-mr.pt``). Inference and training defaults from
+    ``configs/config_maisi_diff_model_rflow-mr.json`` (commit 2cb90dd): 128 x 256 x 256 at 1.25 x 1 x 1 mm, modality 9
+    (``mri_t1``), classifier-free guidance 15, 30 steps, seed 0, lr 1e-4."""
+    return _mr(
+        "rflow-mr",
+        generate=GenerateConfig(
+            output_size=(128, 256, 256),
+            spacing=(1.25, 1.0, 1.0),
+            modality="mri_t1",
+            guidance=15.0,
+            steps=30,
+            seed=0,
+            mask_source="none",
+            body_region=(),
+            **_IMAGE_ONLY_DECODE,
+        ),
+        lr=1e-4,
+    )
+
+
+def rflow_mr_brain() -> Config:
+    """Official brain-MR model (``nvidia/NV-Generate-MR-Brain``: ``diff_unet_3d_rflow-mr-brain_v1.pt`` on the CT VAE
+    ``autoencoder_v1.pt``; T1, T2, FLAIR, SWI, whole-brain and skull-stripped). Defaults from
+    ``configs/config_maisi_diff_model_rflow-mr-brain.json`` (commit 34d81a7): 256^3 at 0.8 x 1 x 1 mm, modality 31
+    (``mri_flair_skull_stripped``), guidance 10, 30 steps, seed 1234, lr 1e-5."""
+    return _mr(
+        "rflow-mr-brain",
+        generate=GenerateConfig(
+            output_size=(256, 256, 256),
+            spacing=(0.8, 1.0, 1.0),
+            modality="mri_flair_skull_stripped",
+            guidance=10.0,
+            steps=30,
+            seed=1234,
+            mask_source="none",
+            body_region=(),
+            **_IMAGE_ONLY_DECODE,
+        ),
+        lr=1e-5,
+    )
 
 
 def tiny() -> Config:
@@ -139,6 +201,8 @@ def demo() -> Config:
 PRESETS: dict[str, Callable[[], Config]] = {
     "rflow-ct": rflow_ct,
     "ddpm-ct": ddpm_ct,
+    "rflow-mr": rflow_mr,
+    "rflow-mr-brain": rflow_mr_brain,
     "tiny": tiny,
     "demo": demo,
 }

@@ -203,10 +203,25 @@ class ModelConfig:
             upcast_attention=True,
         )
     )
+    #: the 2026 mask generator (rflow-mask): the MAISI UNet with AdaGN on 14 anatomy sizes + 5 demographics
+    mask_unet_v2: UNetConfig = field(
+        default_factory=lambda: UNetConfig(
+            variant="adagn",
+            resblock_updown=False,
+            include_spacing_input=True,
+            num_class_embeds=None,
+            with_conditioning=True,
+            cross_attention_dim=19,
+            upcast_attention=True,
+            adagn_condition_dim=19,
+            adagn_context_embed_dim=256,
+        )
+    )
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     mask_scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(kind="ddpm"))
+    mask_scheduler_v2: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(scale=1.0))
     mask_latent_shape: tuple[int, ...] = (4, 64, 64, 64)
     #: true for models conditioned on top/bottom body region (ddpm-ct)
     include_body_region: bool = False
@@ -294,6 +309,8 @@ class GenerateConfig:
     body_region: tuple[str, ...] = ("chest",)
     anatomy: tuple[str, ...] = ()
     organ_sizes: dict[str, float] = field(default_factory=dict)
+    #: patient demographics for the v2 mask generator: age (years), sex (M/F), weight (kg), bmi, height (cm)
+    demographics: dict[str, float | str] = field(default_factory=dict)
     mask: str | None = None
     #: fit a user mask to ``output_size`` / ``spacing`` (else it keeps its field of view, on the nearest valid grid)
     fit_mask: bool = False
@@ -302,7 +319,10 @@ class GenerateConfig:
     mask_database: str | None = None
     keep_only: tuple[str, ...] = ()
     steps: int = 30
-    mask_steps: int = 1000
+    #: mask-generator steps; None: the generator's own (v1 DDPM 1000, v2 rectified flow 100)
+    mask_steps: int | None = None
+    #: classifier-free guidance scale of the v2 mask generator (official 2.0; 0 = off)
+    mask_guidance: float = 2.0
     guidance: float = 0.0
     #: multiplies the ControlNet's residuals (diffusers' ``controlnet_conditioning_scale``): > 1 holds the image
     #: closer to the label map, at the cost of exaggerated organ contrast when too large; 1 = as trained (official)

@@ -179,7 +179,9 @@ def _start(
         initial_noise, noise_source = load_noise(gen.initial_noise), str(gen.initial_noise)
     elif initial_noise is not None:
         initial_noise, noise_source = torch.as_tensor(initial_noise).float(), "argument"
-    make = functools.partial(make_mask_source, plan.mask_source, gen, reading=plan.reading)
+    make = functools.partial(
+        make_mask_source, plan.mask_source, gen, weights=plan.weights, reading=plan.reading
+    )
     if source is None and plan.mask_source != "model":
         source = make()  # masks are read and checked before the (possibly large) weights are loaded
     if model_set is None:

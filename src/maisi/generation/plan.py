@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maisi.config.schema import Config, GenerateConfig
-from maisi.generation.masks.choice import check_source, choose_source_kind
+from maisi.generation.masks.choice import check_source, choose_source_kind, mask_generator
 from maisi.generation.masks.file import LabelReading
+from maisi.generation.mr import check_modality_weights, image_only_for_mr
 from maisi.generation.request import check_body_region, modality_id, validate_request
 from maisi.generation.seeds import shard
-from maisi.generation.weights import IMAGE_COMPONENTS, MASK_COMPONENTS, WeightsInfo, inspect_weights
+from maisi.generation.weights import IMAGE_COMPONENTS, WeightsInfo, inspect_weights
 from maisi.runtime import ProcessEnv, process_env, resolve_device
 
 #: request keys that do not change what a sample is (left out of the request digest)
@@ -107,8 +108,12 @@ def plan_generation(
     """
     gen = cfg.generate
     info = weights or inspect_weights(gen.weights)  # reads config files only
-    kind = mask_source or choose_source_kind(gen, info)
+    kind = mask_source or image_only_for_mr(gen, info, choose_source_kind(gen, info))
+    mr_warnings = check_modality_weights(
+        gen, info, kind, preset=cfg.preset
+    )  # the weights first: the root cause
     checked = validate_request(gen, check_grid=not (kind == "file" and not gen.fit_mask))
+    checked.warnings += mr_warnings
     process = process_env()
     device = resolve_device(gen.device, process.local_rank)
     if mask_source is None:
@@ -116,7 +121,9 @@ def plan_generation(
     reading = LabelReading(str(cfg.data.label_set), cfg.data.unknown_labels, cfg.data.one_hot)
     if kind in ("file", "database"):
         reading.check()
-    components = IMAGE_COMPONENTS + (MASK_COMPONENTS if kind == "model" else ())
+    components = IMAGE_COMPONENTS
+    if kind == "model":
+        components += ("mask_vae", "mask_unet_v2" if mask_generator(gen, info) == "v2" else "mask_unet")
     if kind == "none":
         components = tuple(c for c in IMAGE_COMPONENTS if c != "controlnet")
     wanted = range(gen.num_samples) if indices is None else indices

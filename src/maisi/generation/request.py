@@ -4,7 +4,8 @@ The rules follow the official MAISI ``check_input`` where they make sense for an
 multiple of 32 (the latent, 4x smaller, must divide by the UNet's 8x downsampling), spacing is 0.5-3.0 mm in-plane
 and 0.5-5.0 mm along z, organ sizes are in [0, 1] (or -1, "unspecified") with at most one tumour. The official
 check refuses an in-plane field of view under 256 mm; it calls that a recommendation, so here it is a warning.
-Every error is one line that names the value and the nearest valid values.
+A request with an MR modality follows the official MR rules instead (:mod:`maisi.generation.mr`: the sizes and
+spacing of ``check_input_mr``). Every error is one line that names the value and the nearest valid values.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 
 from maisi import labels, resources
 from maisi.config.schema import GenerateConfig
+from maisi.data.intensity import is_mr
 from maisi.errors import RequestError
+from maisi.generation.mr import check_mr_grid
 from maisi.runtime import compute_dtype
 
 #: each output axis must be a multiple of this (latent / 8 for the UNet, x4 for the VAE)
@@ -82,8 +85,12 @@ def check_spacing(spacing: Sequence[float], *, source: str = "spacing") -> tuple
     return values  # type: ignore[return-value]
 
 
-def fov_warnings(size: Sequence[int], spacing: Sequence[float]) -> list[str]:
-    """Warnings for a field of view or size outside what the official models were trained on."""
+def fov_warnings(size: Sequence[int], spacing: Sequence[float], *, modality: int | None = None) -> list[str]:
+    """Warnings for a field of view or size outside what the official CT models were trained on (none for an MR
+    ``modality`` id: its sizes are a closed list and its field-of-view guidance is per MR model,
+    :func:`maisi.generation.mr.fov_warning`)."""
+    if modality is not None and is_mr(modality):
+        return []
     out = []
     fov = [round(n * s, 3) for n, s in zip(size, spacing)]
     if min(fov[0], fov[1]) < MIN_FOV_XY_MM:
@@ -180,8 +187,10 @@ def validate_request(gen: GenerateConfig, *, check_grid: bool = True) -> Checked
         raise RequestError("output_dir is empty; pass --output-dir DIR")
     if gen.steps < 1:
         raise RequestError(f"steps must be >= 1, got {gen.steps}")
-    if gen.mask_steps < 1:
+    if gen.mask_steps is not None and gen.mask_steps < 1:
         raise RequestError(f"mask_steps must be >= 1, got {gen.mask_steps}")
+    if not (math.isfinite(gen.mask_guidance) and gen.mask_guidance >= 0):
+        raise RequestError(f"mask_guidance must be >= 0, got {gen.mask_guidance}")
     if not (math.isfinite(gen.guidance) and gen.guidance >= 0):
         raise RequestError(f"guidance must be >= 0, got {gen.guidance}")
     if not (math.isfinite(gen.controlnet_scale) and gen.controlnet_scale > 0):
@@ -196,13 +205,14 @@ def validate_request(gen: GenerateConfig, *, check_grid: bool = True) -> Checked
     for ext, key in ((gen.image_ext, "image_ext"), (gen.label_ext, "label_ext")):
         if ext not in (".nii.gz", ".nii"):
             raise RequestError(f"{key} must be '.nii.gz' or '.nii', got {ext!r}")
-    modality_id(gen.modality)
-    if check_grid:
+    mr = is_mr(modality_id(gen.modality))
+    if check_grid and mr:
+        check_mr_grid(gen.output_size, gen.spacing, source=f"modality {gen.modality!r}")
+    elif check_grid:
         size = check_output_size(gen.output_size)
         spacing = check_spacing(gen.spacing)
         checked.warnings += fov_warnings(size, spacing)
     check_body_region(gen.body_region)
     checked.anatomy_ids = check_anatomy(gen.anatomy)
     checked.keep_ids = check_anatomy(gen.keep_only, source="keep_only")
-    check_organ_sizes(gen.organ_sizes)
     return checked

@@ -1,9 +1,10 @@
 """Which weights a request names, what that folder holds (read without loading a network), loading the components
 a plan needs, and their identity for the sidecar.
 
-``--weights`` takes ``demo`` (the small model set shipped in ``maisi/demo/``), ``rflow-ct`` / ``ddpm-ct`` (the
-official checkpoints fetched by ``maisi download`` into ``$MAISI_HOME/<name>`` or ``~/.cache/maisi/<name>``), or a
-folder in maisi's own layout (a training run's ``model/``) or NVIDIA's layout.
+``--weights`` takes ``demo`` (the small model set shipped in ``maisi/demo/``), ``rflow-ct`` / ``ddpm-ct`` /
+``rflow-mr`` / ``rflow-mr-brain`` (the official checkpoints fetched by ``maisi download`` into
+``$MAISI_HOME/<name>`` or ``~/.cache/maisi/<name>``), or a folder in maisi's own layout (a training run's ``model/``)
+or NVIDIA's layout.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any
 from maisi.errors import CheckpointError, RequestError
 from maisi.io import sha256_file
 
-#: paired generation needs these; the mask-generation model only for the ``model`` mask source
+#: paired generation needs these (image-only: all but the ControlNet)
 IMAGE_COMPONENTS = ("vae", "unet", "controlnet")
-MASK_COMPONENTS = ("mask_vae", "mask_unet")
-NAMED = ("rflow-ct", "ddpm-ct")
+NAMED = ("rflow-ct", "ddpm-ct", "rflow-mr", "rflow-mr-brain")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 
 
@@ -47,7 +47,9 @@ def resolve_weights(name: str | os.PathLike) -> Path:
         return d
     d = Path(text).expanduser()
     if not d.exists():
-        raise CheckpointError(f"{d}: weights folder not found (expected demo, rflow-ct, ddpm-ct or a folder)")
+        raise CheckpointError(
+            f"{d}: weights folder not found (expected demo, {', '.join(NAMED)} or a folder)"
+        )
     if not d.is_dir():
         raise CheckpointError(f"{d}: weights must be a folder, not a file")
     return d
@@ -60,9 +62,12 @@ class WeightsInfo:
     Attributes:
         root: the folder.
         layout: ``"maisi"`` (component folders) or ``"official"`` (NVIDIA ``.pt`` files).
-        variant: the official variant (``rflow-ct``, ``ddpm-ct``), None for maisi folders.
+        variant: the official variant (``rflow-ct``, ``ddpm-ct``, ``rflow-mr``, ``rflow-mr-brain``), None for maisi
+            folders.
         paths: component -> its folder (maisi) or file (official), for the components present.
         extras: component -> the facts its maisi ``config.json`` declares besides the network (``extra``).
+        mask_database: the folder holding the official mask database downloaded with the weights (its candidate
+            list and the mask archive or its extraction), or None.
     """
 
     root: Path
@@ -70,6 +75,7 @@ class WeightsInfo:
     variant: str | None = None
     paths: dict[str, Path] = field(default_factory=dict)
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mask_database: Path | None = None
 
     @property
     def components(self) -> frozenset[str]:
@@ -77,7 +83,8 @@ class WeightsInfo:
 
     @property
     def has_mask_model(self) -> bool:
-        return all(c in self.paths for c in MASK_COMPONENTS)
+        """A mask VAE and a mask generator (v1 ``mask_unet`` or v2 ``mask_unet_v2``)."""
+        return "mask_vae" in self.paths and ("mask_unet" in self.paths or "mask_unet_v2" in self.paths)
 
     @property
     def mask_model_follows_sizes(self) -> bool:
@@ -106,6 +113,23 @@ class WeightsInfo:
         return out
 
 
+def weights_preset(name: str | os.PathLike) -> str | None:
+    """The preset whose request defaults go with a weights name: ``demo`` for the demo set, the variant for an
+    official name (``rflow-mr-brain``...) or an official folder (its variant, from its files); None for a maisi
+    folder (its networks travel with it) or a folder that does not exist."""
+    from maisi.networks.model_set import detect_layout
+    from maisi.networks.official import official_variant
+
+    text = str(name)
+    if text == "demo" or text in NAMED:
+        return text
+    try:
+        official = detect_layout(Path(text).expanduser()) == "official"
+    except CheckpointError:
+        return None
+    return official_variant(Path(text).expanduser()) if official else None
+
+
 def inspect_weights(name: str | os.PathLike) -> WeightsInfo:
     """Describe a weights folder (layout, components, declared facts) without loading any network."""
     from maisi.networks.builders import COMPONENTS
@@ -121,14 +145,31 @@ def inspect_weights(name: str | os.PathLike) -> WeightsInfo:
     odir, variant = official_dir(d), official_variant(d)
     files = OFFICIAL_FILES[variant]
     paths = {c: odir / f for c, f in files.items() if odir is not None and (odir / f).is_file()}
-    return WeightsInfo(root=d, layout="official", variant=variant, paths=paths)
+    return WeightsInfo(
+        root=d, layout="official", variant=variant, paths=paths, mask_database=_database(d, variant)
+    )
+
+
+def _database(root: Path, variant: str) -> Path | None:
+    """``root`` when it holds the variant's mask database: the candidate list, and the archive or its folder."""
+    from maisi.networks.variants import VARIANTS
+
+    spec = VARIANTS[variant]
+    if spec.candidates is None or spec.archive is None or not (root / spec.candidates.path).is_file():
+        return None
+    masks = (root / spec.archive.folder).is_dir() or (root / spec.archive.file.path).is_file()
+    return root if masks else None
 
 
 def describe_model_set(model_set: Any) -> WeightsInfo:
     """The :class:`WeightsInfo` of an already loaded model set (its loaded components only)."""
+    from maisi.networks.official import official_variant
+
+    official = model_set.layout == "official"
     return WeightsInfo(
         root=Path(model_set.root),
         layout=model_set.layout,
+        variant=official_variant(model_set.root) if official else None,
         paths={n: Path(c.path) for n, c in model_set.components.items()},
         extras={
             n: dict(c.extra or {}) for n, c in model_set.components.items() if model_set.layout == "maisi"

@@ -35,7 +35,16 @@ from maisi.config.schema import (
 from maisi.performance.convolutions import onednn_eligible
 
 #: Component names, in the order of a model set; each maps to its config field in :class:`ModelConfig`.
-COMPONENTS: tuple[str, ...] = ("vae", "unet", "controlnet", "mask_vae", "mask_unet", "discriminator", "segmenter")
+COMPONENTS: tuple[str, ...] = (
+    "vae",
+    "unet",
+    "controlnet",
+    "mask_vae",
+    "mask_unet",
+    "mask_unet_v2",
+    "discriminator",
+    "segmenter",
+)
 
 
 def build_vae(cfg: VAEConfig, *, fast: bool = True) -> nn.Module:
@@ -137,6 +146,7 @@ _BUILDERS = {
     "controlnet": build_controlnet,
     "mask_vae": build_vae,
     "mask_unet": build_unet,
+    "mask_unet_v2": build_unet,
     "discriminator": build_discriminator,
     "segmenter": build_segmenter,
 }

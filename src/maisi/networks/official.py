@@ -36,7 +36,7 @@ OFFICIAL_FILES: dict[str, dict[str, str]] = {
 #: keys under which official files nest their state dict (some autoencoder files use ``unet_state_dict`` too)
 NESTED_STATE_KEYS = ("unet_state_dict", "controlnet_state_dict", "state_dict", "model_state_dict")
 #: the VAE whose latents each diffusion network consumes (its checkpoint holds that VAE's scale factor)
-SCALE_FACTOR_OWNERS = (("vae", "unet"), ("mask_vae", "mask_unet"))
+SCALE_FACTOR_OWNERS = (("vae", "unet"), ("mask_vae", "mask_unet"), ("mask_vae", "mask_unet_v2"))
 
 
 def split_state(obj: Any, *, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

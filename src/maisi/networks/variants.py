@@ -16,7 +16,7 @@ Facts not confirmed by an official source are marked in comments; see :data:`UNC
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from types import MappingProxyType
 
@@ -64,8 +64,7 @@ class OfficialVariant:
     """An official model variant.
 
     Attributes:
-        models: component name -> checkpoint, for the networks maisi's model sets build and load.
-        extra_models: checkpoints fetched with the variant whose networks maisi's model sets do not load yet
+        models: component name -> checkpoint, for the networks maisi's model sets build and load
             (``mask_unet_v2``: the 2026 AdaGN mask generator, ``mask_generation_diffusion_unet_v2.pt``).
         anatomy_sizes: ``all_anatomy_size_conditions.json`` (organ-size vectors of real masks).
         candidates: the candidate-mask list of the mask database (JSON list of entries).
@@ -76,15 +75,14 @@ class OfficialVariant:
     name: str
     modality: str
     models: Mapping[str, HubFile]
-    extra_models: Mapping[str, HubFile] = field(default_factory=dict)
     anatomy_sizes: HubFile | None = None
     candidates: HubFile | None = None
     archive: MaskArchive | None = None
     flows: tuple[str, ...] = ("image-only",)
 
     def model_files(self) -> dict[str, HubFile]:
-        """Every checkpoint by role: ``models`` then ``extra_models``."""
-        return {**self.models, **self.extra_models}
+        """Every checkpoint by role."""
+        return dict(self.models)
 
     def dataset_files(self) -> dict[str, HubFile]:
         """Every dataset file by role (``anatomy_sizes``, ``mask_archive``, ``candidates``), those the variant has."""
@@ -128,8 +126,7 @@ VARIANTS: Mapping[str, OfficialVariant] = MappingProxyType(
         "rflow-ct": OfficialVariant(
             name="rflow-ct",
             modality="ct",
-            models=_ct_models("rflow-ct"),
-            extra_models={"mask_unet_v2": _MASK_UNET_V2},
+            models={**_ct_models("rflow-ct"), "mask_unet_v2": _MASK_UNET_V2},
             anatomy_sizes=_ANATOMY_SIZES,
             candidates=HubFile(CT_REPO, "datasets/candidate_masks_flexible_size_and_spacing_4000.json"),
             archive=_MASK_ARCHIVE,
@@ -138,8 +135,7 @@ VARIANTS: Mapping[str, OfficialVariant] = MappingProxyType(
         "ddpm-ct": OfficialVariant(
             name="ddpm-ct",
             modality="ct",
-            models=_ct_models("ddpm-ct"),
-            extra_models={"mask_unet_v2": _MASK_UNET_V2},
+            models={**_ct_models("ddpm-ct"), "mask_unet_v2": _MASK_UNET_V2},
             anatomy_sizes=_ANATOMY_SIZES,
             # the official ddpm-ct list has 3000 entries and points into the same 4000-mask archive
             candidates=HubFile(CT_REPO, "datasets/candidate_masks_flexible_size_and_spacing_3000.json"),
@@ -166,7 +162,7 @@ VARIANTS: Mapping[str, OfficialVariant] = MappingProxyType(
     }
 )
 
-#: flow -> what a folder must hold for it: component names (``models`` / ``extra_models`` keys) and dataset roles
+#: flow -> what a folder must hold for it: component names (``models`` keys) and dataset roles
 #: (``candidates``; ``mask_folder`` = the extracted mask archive)
 FLOWS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {

@@ -26,9 +26,11 @@ Each switch leaves the results equal to the plain path within a stated tolerance
     (:mod:`maisi.kernels.winograd`): 8x fewer multiplications, 1.5-4x faster than oneDNN at the MAISI shapes.
     Needs a C compiler the first time (the kernel is built for the machine); without one the switch does nothing.
 ``compile`` (float rounding, ~1e-4 relative)
-    ``torch.compile`` of the UNet, ControlNet and VAE (``"default"``, ``"reduce-overhead"`` = CUDA graphs for the
-    sampling loop, ``"max-autotune"``); on CPU with weight freezing. Compiling takes minutes on a small CPU, so it
-    is off by default and pays only over many steps or samples; compiled code is dropped when the block ends.
+    ``torch.compile`` of the UNet, ControlNet and VAE (their ``forward``; the VAE's ``decode``, which the codec
+    calls) in ``"default"``, ``"reduce-overhead"`` (CUDA graphs for the sampling loop; the cached ControlNet
+    conditioning stays outside the graphs) or ``"max-autotune"`` mode; on CPU with weight freezing. Compiling takes
+    minutes on a small CPU, so it is off by default and pays only over many steps or samples; compiled code is
+    dropped when the outermost block ends (inner blocks over the same networks compile nothing).
 ``threads``
     ``torch.set_num_threads`` for the block (default: leave PyTorch's choice).
 
@@ -123,8 +125,9 @@ def accelerate(
 
     The modules keep their parameters, state dicts and results (within the stated tolerances); only how they
     compute changes, and nothing of it outlives the block. Blocks nest: a module already inside a block is left as
-    the outer block set it up, so a caller can hold one block (and its cached transformed Winograd kernels) over
-    many calls of a function that opens its own.
+    the outer block set it up, so a caller can hold one block (and its cached transformed Winograd kernels, its
+    compiled code) over many calls of a function that opens its own; an inner block whose modules are all set up
+    already does nothing at all.
 
     Args:
         modules: networks to speed up (``None`` entries are skipped; a module given twice is handled once).
@@ -137,6 +140,9 @@ def accelerate(
     for m in modules:
         if m is not None and m not in _ACTIVE and all(m is not u for u in unique):
             unique.append(m)
+    if not unique:  # every module is set up by an outer block: nothing to do (and nothing to undo at the end)
+        yield
+        return
     with contextlib.ExitStack() as stack:
         _ACTIVE.update(unique)
         stack.callback(lambda: _ACTIVE.difference_update(unique))
@@ -173,26 +179,45 @@ def _use_channels_last(switch: bool | None, device: torch.device) -> bool:
 # ---------------------------------------------------------------------------------------------------- compile
 
 
+#: the methods :func:`compiled` compiles: ``forward``, and ``decode`` of an autoencoder (what
+#: :class:`maisi.latents.LatentCodec` calls; its ``forward`` encodes and decodes)
+COMPILED_METHODS = ("forward", "decode")
+
+
 @contextlib.contextmanager
 def compiled(modules: Sequence[nn.Module], *, mode: str = "default", device: torch.device | str = "cpu"):
-    """``torch.compile`` each module's forward for the block (CPU: inductor with weight freezing, which needs
-    inference mode); compiled code is discarded at the end, so later weight changes are always seen."""
+    """``torch.compile`` each module's ``forward`` (an autoencoder's ``decode`` too) for the block (CPU: inductor
+    with weight freezing, which needs inference mode); compiled code is discarded at the end, so later weight
+    changes are always seen. With no modules nothing is compiled, and nothing discarded."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    if not modules:
+        yield
+        return
     import torch._dynamo
     import torch._inductor.config as inductor_config
 
     device = torch.device(device)
     patches = {"freezing": True} if device.type == "cpu" else {}
     with inductor_config.patch(patches):
+        done: list[tuple[nn.Module, str]] = []
         for m in modules:
-            m.forward = torch.compile(type(m).forward.__get__(m), mode=mode, dynamic=False)
+            for name in _compiled_methods(m):
+                setattr(m, name, torch.compile(getattr(type(m), name).__get__(m), mode=mode, dynamic=False))
+                done.append((m, name))
         try:
             yield
         finally:
-            for m in modules:
-                m.__dict__.pop("forward", None)
+            for m, name in done:
+                m.__dict__.pop(name, None)
             torch._dynamo.reset()
+
+
+def _compiled_methods(m: nn.Module) -> list[str]:
+    names = ["forward"]
+    if isinstance(getattr(m, "decoder", None), nn.Module) and callable(getattr(type(m), "decode", None)):
+        names.append("decode")
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------- threads, dtype
@@ -224,8 +249,9 @@ def fast_dtypes(device: torch.device | str) -> tuple[str, ...]:
     """The compute dtypes that run at full speed on ``device`` (by name, as ``GenerateConfig.dtype``)."""
     device = torch.device(device)
     if device.type == "cuda":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return ("float32", "float16") + (("bfloat16",) if bf16 else ())
+        from maisi.memory.budget import cuda_bf16_fast
+
+        return ("float32", "float16") + (("bfloat16",) if cuda_bf16_fast(device) else ())
     if device.type == "cpu":
         flags = cpu_flags()
         out = ["float32"]
@@ -241,13 +267,20 @@ def dtype_warning(device: torch.device | str, dtype: str) -> str | None:
     """A one-line warning when ``dtype`` would be slow on ``device`` (None when it is fine)."""
     if dtype == "float32" or dtype in fast_dtypes(device):
         return None
+    device = torch.device(device)
+    if device.type == "cuda":
+        return (
+            f"dtype {dtype} is emulated on this GPU (compute capability below 8.0): 3D convolutions fall back to a "
+            "slow kernel; use --dtype float16"
+        )
     return (
-        f"dtype {dtype} has no hardware support on this {torch.device(device).type} (no AVX512-BF16/AMX); "
+        f"dtype {dtype} has no hardware support on this {device.type} (no AVX512-BF16/AMX); "
         "convolutions run far slower than float32; use --dtype float32"
     )
 
 
 __all__ = [
+    "COMPILED_METHODS",
     "COMPILE_MODES",
     "PLAIN",
     "Speedups",

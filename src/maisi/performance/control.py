@@ -14,7 +14,8 @@ class _CachedEmbedding(nn.Module):
 
     An input matches a kept one when it is the same tensor object or has the same shape, dtype and values; the kept
     inputs are referenced (not copied), which is safe because the pipeline builds the conditioning once per run and
-    never changes it in place.
+    never changes it in place. The memo runs eagerly under ``torch.compile`` (a graph break), so what it keeps is an
+    ordinary tensor, never one in a CUDA graph's memory pool.
     """
 
     def __init__(self, inner: nn.Module) -> None:
@@ -23,6 +24,9 @@ class _CachedEmbedding(nn.Module):
         self.entries: list[tuple[torch.Tensor, torch.Tensor, tuple]] = []
         self.hits = 0
 
+    # eager even inside a compiled ControlNet: a memo is Python state, and under CUDA graphs ("reduce-overhead") a
+    # kept output would live in the graph's memory pool, overwritten by the next replay
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.inner(x)  # training: nothing to reuse, and no graph kept alive
@@ -37,7 +41,11 @@ class _CachedEmbedding(nn.Module):
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    if a.device.type == "meta":  # memory estimates (maisi.memory) trace runs that reuse one conditioning
+        return True
+    return bool(torch.equal(a, b))
 
 
 def _autocast_state(device: torch.device) -> tuple:

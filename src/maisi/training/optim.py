@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -45,11 +46,20 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device``, or None for full precision.
 
-    ``fp16`` needs CUDA (CPU autocast supports only bf16).
+    ``fp16`` needs CUDA (CPU autocast supports only bf16); ``bf16`` on a GPU below compute capability 8.0 (V100,
+    T4) is emulated and warned about.
     """
     if amp == "none":
         return None
     if amp == "bf16":
+        from maisi.memory.budget import cuda_bf16_fast
+
+        if device.type == "cuda" and not cuda_bf16_fast(device):
+            warnings.warn(
+                f"train.amp 'bf16' is emulated on {torch.cuda.get_device_name(device)} (compute capability below "
+                "8.0): 3D convolutions fall back to a slow kernel; use 'fp16'",
+                stacklevel=2,
+            )
         return torch.bfloat16
     if amp == "fp16":
         if device.type != "cuda":

@@ -98,19 +98,29 @@ def keep_tumor_in_host(label: np.ndarray, tumor: int, margin: int = 2) -> np.nda
     return out
 
 
+#: DDPM steps of the v1 mask generator when the request does not say (official: every training step)
+MASK_STEPS_V1 = 1000
+
+
 class ModelMaskSource:
-    """Label maps sampled from the mask-generation model of a model set.
+    """Label maps sampled from the mask-generation model of a model set: the v1 DDPM model (``mask_unet``, a
+    10-slot size vector as cross-attention context) or the 2026 rflow-mask model (``mask_unet_v2``: 14 anatomy
+    slots and 5 demographics through AdaGN, classifier-free guidance); both decoded by ``mask_vae``.
 
     Args:
-        model_set: weights with ``mask_vae`` and ``mask_unet`` (``model_set.config`` gives ``mask_scheduler``,
+        model_set: weights with ``mask_vae`` and the generator's UNet (``model_set.config`` gives its scheduler,
             ``mask_latent_shape`` and ``mask_vae.scale_factor``).
         size: requested output size (the map is resampled and padded/cropped to it).
         spacing: requested spacing.
         seed: base seed.
         organ_sizes: requested relative sizes (name -> value in [0, 1] or -1).
-        steps: DDPM steps (official: 1000).
+        demographics: v2 only: age, sex, weight, bmi, height (see
+            :func:`~maisi.generation.masks.conditions_v2.build_condition_v2`).
+        generator: ``"v1"`` or ``"v2"``.
+        steps: sampler steps (default: v1 1000 DDPM steps, v2 100 rectified-flow steps).
+        guidance: v2 classifier-free guidance scale (official 2.0).
         decode_window: sliding-window size in latent voxels; ``decode_overlap``: its overlap.
-        size_conditions: real size vectors file; default searched beside the weights.
+        size_conditions: v1: real size vectors file; default searched beside the weights.
     """
 
     name = "model"
@@ -123,7 +133,10 @@ class ModelMaskSource:
         spacing: Sequence[float],
         seed: int = 0,
         organ_sizes: dict[str, float] | None = None,
-        steps: int = 1000,
+        demographics: dict[str, Any] | None = None,
+        generator: str = "v1",
+        steps: int | None = None,
+        guidance: float = 2.0,
         decode_window: Sequence[int] = (48, 48, 48),
         decode_overlap: float = 0.6666,
         size_conditions: str | os.PathLike | None = None,
@@ -132,21 +145,42 @@ class ModelMaskSource:
     ) -> None:
         from maisi.latents import LatentCodec
 
-        self.model_set = model_set
+        if generator not in ("v1", "v2"):
+            raise ValueError(f"generator must be 'v1' or 'v2', got {generator!r}")
+        self.model_set, self.generator = model_set, generator
         self.size = tuple(int(s) for s in size)
         self.spacing = tuple(float(s) for s in spacing)
         self.seed = int(seed)
-        self.steps = int(steps)
         self.device = torch.device(device)
         self.progress = progress
-        cfg = model_set.config
-        self.latent_shape = tuple(int(s) for s in cfg.mask_latent_shape)
+        self.guidance = float(guidance)
+        self.latent_shape = tuple(int(s) for s in model_set.config.mask_latent_shape)
         self.requested = {k: float(v) for k, v in dict(organ_sizes or {}).items()}
-        path = size_conditions or find_size_conditions(getattr(model_set, "root", None))
-        real = load_size_conditions(path) if path else None
-        self.size_vector, self.completion = complete_size_vector(self.requested, real)
-        self.size_conditions = str(path) if path else None
-        extra = model_set.components["mask_unet"].extra if "mask_unet" in model_set.components else {}
+        self.unet_name = "mask_unet_v2" if generator == "v2" else "mask_unet"
+        if generator == "v2":
+            from maisi.generation.masks.conditions_v2 import build_condition_v2
+            from maisi.generation.masks.sample_v2 import MASK_STEPS_V2
+
+            self.condition = build_condition_v2(self.requested or None, demographics or None)
+            self.steps = int(steps or MASK_STEPS_V2)
+            self.facts: dict[str, Any] = {
+                "generator": "v2",
+                "condition": list(self.condition.vector),
+                "demographics": dict(self.condition.demographics),
+                "guidance": self.guidance,
+            }
+        else:
+            path = size_conditions or find_size_conditions(getattr(model_set, "root", None))
+            real = load_size_conditions(path) if path else None
+            self.size_vector, completion = complete_size_vector(self.requested, real)
+            self.steps = int(steps or MASK_STEPS_V1)
+            self.facts = {
+                "generator": "v1",
+                "size_vector": self.size_vector,
+                "size_vector_completion": completion,
+                "size_conditions": str(path) if path else None,
+            }
+        extra = model_set.components[self.unet_name].extra if self.unet_name in model_set.components else {}
         self.native_spacing = float(extra.get("spacing", MASK_MODEL_SPACING))
         self.codec = LatentCodec.from_model_set(
             model_set,
@@ -156,24 +190,52 @@ class ModelMaskSource:
             device=self.device,
         )
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the request asks of the generator beyond what it was trained on (v2: flagged demographics)."""
+        return list(self.condition.warnings) if self.generator == "v2" else []
+
+    @property
+    def tumor(self) -> int | None:
+        """MAISI id of the requested tumour (kept inside its host organ after decoding), or None."""
+        if self.generator == "v2":
+            return self.condition.tumor
+        found = None
+        for slot, value in zip(labels.SIZE_SLOTS[5:], self.size_vector[5:]):
+            if labels.size_is_set(value):
+                found = labels.TUMORS[slot]
+        return found
+
     def sample_latent(self, index: int, attempt: int = 0) -> torch.Tensor:
         """The denoised mask latent ``(1, *mask_latent_shape)`` of one sample."""
         from maisi.diffusion import make_denoiser, randn, sample, scheduler_from_config
 
-        unet = self.model_set["mask_unet"].to(self.device).eval()
+        unet = self.model_set[self.unet_name].to(self.device).eval()
         noise = randn(
             (1, *self.latent_shape),
             generator=torch_generator(derive_seed(self.seed, index, attempt, stream="mask")),
-        )
-        context = torch.tensor([[self.size_vector]], dtype=torch.float32, device=self.device)
-        denoiser = make_denoiser(unet, context=context)
-        scheduler = scheduler_from_config(self.model_set.config.mask_scheduler)
-        step_gen = [torch_generator(derive_seed(self.seed, index, attempt, stream="mask_sampler"))]
+        ).to(self.device)
         with torch.inference_mode():
+            if self.generator == "v2":
+                from maisi.generation.masks.sample_v2 import sample_mask_latent_v2
+
+                # the official sampler gives the request's spacing to the UNet and reads the output at 1.5 mm
+                return sample_mask_latent_v2(
+                    unet,
+                    self.model_set.config.mask_scheduler_v2,
+                    self.condition,
+                    noise,
+                    steps=self.steps,
+                    guidance=self.guidance,
+                    spacing=self.spacing,
+                    progress=self.progress,
+                )
+            context = torch.tensor([[self.size_vector]], dtype=torch.float32, device=self.device)
+            step_gen = [torch_generator(derive_seed(self.seed, index, attempt, stream="mask_sampler"))]
             return sample(
-                denoiser,
-                scheduler,
-                noise.to(self.device),
+                make_denoiser(unet, context=context),
+                scheduler_from_config(self.model_set.config.mask_scheduler),
+                noise,
                 num_steps=self.steps,
                 generator=step_gen,
                 progress=self.progress,
@@ -193,17 +255,12 @@ class ModelMaskSource:
 
     def __call__(self, index: int, attempt: int = 0) -> MaskSample:
         label = self.decode(self.sample_latent(index, attempt))
-        tumor = None
-        for slot, value in zip(labels.SIZE_SLOTS[5:], self.size_vector[5:]):
-            if labels.size_is_set(value):
-                tumor = labels.TUMORS[slot]
-        if tumor is not None:
-            label = keep_tumor_in_host(label, tumor)
+        if self.tumor is not None:
+            label = keep_tumor_in_host(label, self.tumor)
         native = (self.native_spacing,) * 3
         fitted = fit_to_grid(
             label, spacing_affine(native, label.shape), native, size=self.size, new_spacing=self.spacing
         )
-        requested = {k: {"relative": v} for k, v in self.requested.items()}
         return MaskSample(
             label=np.ascontiguousarray(fitted.label, dtype=np.uint8),
             affine=spacing_affine(self.spacing, self.size),
@@ -211,13 +268,12 @@ class ModelMaskSource:
             source=self.name,
             info={
                 "seed": derive_seed(self.seed, index, attempt, stream="mask"),
-                "size_vector": self.size_vector,
-                "size_vector_completion": self.completion,
-                "size_conditions": self.size_conditions,
+                **self.facts,
                 "mask_steps": self.steps,
                 "native_spacing": list(native),
                 "native_shape": list(label.shape),
             },
             changes=fitted.changes,
-            requested=requested,
+            warnings=self.warnings,
+            requested={k: {"relative": v} for k, v in self.requested.items()},
         )
