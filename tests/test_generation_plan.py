@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from maisi import cli
-from maisi.errors import RequestError
+from maisi.errors import OutputError, RequestError
 from maisi.generation import generate, plan_generation, stream
 from maisi.generation.seeds import derive_seed
 from test_generation_common import DATA, one_thread, request, session_weights  # noqa: F401
@@ -141,7 +141,9 @@ def test_a_failing_background_write_stops_the_run_at_once(weights, tmp_path, mon
     monkeypatch.setattr(pipeline, "synthesise", counting)
     monkeypatch.setattr("maisi.data.nifti.save_nifti", failing_save)
     cfg = request(weights, tmp_path, num_samples=3, **BASE)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(
+        OutputError, match=r"sample_00000_image\.nii\.gz: cannot write sample 0 \(No space left on device\)"
+    ):
         for _ in stream(cfg):
             pass
     assert len(made) == 2  # sample 1 was made while sample 0 was being written; sample 2 never started

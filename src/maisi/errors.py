@@ -26,6 +26,14 @@ class RequestError(MaisiError, ValueError):
     """A generation request is invalid."""
 
 
+class OutputError(MaisiError):
+    """An output cannot be written (a file in the folder's place, no permission, a full disk)."""
+
+
+class SamplingError(MaisiError):
+    """Sampling or decoding produced non-finite values; nothing is written for that sample."""
+
+
 class DownloadError(MaisiError):
     """A download failed (no network, missing file, size or hash mismatch, an unsafe or corrupt archive)."""
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +163,31 @@ def read_torch_file(path: str | os.PathLike) -> Any:
     ) as e:  # untrusted bytes: torch's reader raises many types (RuntimeError, IndexError, ...)
         first = (str(e).splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None]
+) -> None:
+    """Raise :class:`OutputExistsError` when an output path is one of the inputs (the same path, a link to it or a
+    hard link of it), whatever ``--overwrite`` says: outputs never replace inputs.
+
+    Both lists are checked by resolved path and, for existing files, by device and inode.
+    """
+    inputs = [Path(p) for p in inputs if p is not None]
+    by_path = {p.resolve(): p for p in inputs}
+    by_inode = {}
+    for p in inputs:
+        try:
+            st = p.stat()
+            by_inode[(st.st_dev, st.st_ino)] = p
+        except OSError:
+            pass
+    for out in map(Path, outputs):
+        same = by_path.get(out.resolve())
+        if same is None and out.exists():
+            st = out.stat()
+            same = by_inode.get((st.st_dev, st.st_ino))
+        if same is not None:
+            raise OutputExistsError(
+                f"{out}: is the input {same}; refusing to write over an input (choose another output folder)"
+            )

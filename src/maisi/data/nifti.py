@@ -90,6 +90,32 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return new_array, new_affine
 
 
+#: largest volume read, in voxels (1024^3: twice the biggest MAISI output on every axis, 4 GiB as float32)
+MAX_VOXELS = 1024**3
+
+
+def check_header(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse, before reading voxels, a header whose shape is not a 3D volume (or a 4D one with one frame), whose
+    voxel count or memory (as float32) exceeds :data:`MAX_VOXELS` or the memory available, or whose affine is
+    singular or not finite."""
+    from maisi.memory.budget import available_memory, format_bytes
+
+    shape = tuple(int(n) for n in img.header.get_data_shape())
+    if len(shape) < 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {shape}")
+    voxels = int(np.prod(shape, dtype=np.int64))
+    need = voxels * max(4, img.get_data_dtype().itemsize)
+    room = available_memory("cpu")
+    if voxels > MAX_VOXELS or need > room:
+        raise DataError(
+            f"{path}: the header claims {' x '.join(map(str, shape))} voxels ({format_bytes(need)} in memory), "
+            f"over the limit ({MAX_VOXELS:,} voxels, {format_bytes(room)} available); a corrupt or hostile file?"
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"{path}: invalid (singular or non-finite) affine in the header")
+
+
 def load_nifti(
     path: str | os.PathLike,
     *,
@@ -123,6 +149,7 @@ def load_nifti(
         raise DataError(f"{p}: not a readable NIfTI file ({_reason(e)})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise DataError(f"{p}: not a NIfTI file (nibabel read it as {type(img).__name__})")
+    check_header(img, p)  # before any voxel is read: a header may claim more than memory (or be a gzip bomb)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # truncated or corrupt gzip stream, short file
@@ -135,8 +162,6 @@ def load_nifti(
     if data.dtype.fields is not None or np.iscomplexobj(data):
         raise DataError(f"{p}: unsupported voxel type {data.dtype}")
     data, affine = to_ras(data, img.affine)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise DataError(f"{p}: invalid (singular or non-finite) affine in the header")
 
     if kind == "image":
         array = np.ascontiguousarray(data, dtype=np.float32)

@@ -36,7 +36,7 @@ from maisi.data.nifti import (
 )
 from maisi.data.vocabularies import Vocabulary, resolve
 from maisi.errors import DataError
-from maisi.io import OutputExistsError
+from maisi.io import OutputExistsError, refuse_overwriting_inputs
 
 PathLike = str | os.PathLike
 #: File-name endings removed when pairing images with labels by name (``case1_0000`` ~ ``case1_seg``).
@@ -240,12 +240,11 @@ def prepare(
     out = Path(output_dir)
     cases = sorted(pair_files(images, labels), key=lambda c: c[0])
     datalist = out / DATALIST_NAME
+    targets = [datalist] + [
+        out / f"{n}_{k}.nii.gz" for n, _, lab in cases for k in ("image", "label")[: 1 + (lab is not None)]
+    ]
+    refuse_overwriting_inputs(targets, [p for _, image, label in cases for p in (image, label)])
     if not overwrite:
-        targets = [datalist] + [
-            out / f"{n}_{k}.nii.gz"
-            for n, _, lab in cases
-            for k in ("image", "label")[: 1 + (lab is not None)]
-        ]
         existing = [str(t) for t in targets if t.exists()]
         if existing:
             raise OutputExistsError(

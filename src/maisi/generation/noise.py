@@ -66,6 +66,9 @@ def load_noise(path: str | os.PathLike) -> torch.Tensor:
         ) from None
     if not tensor.is_floating_point():
         raise DataError(f"{p}: initial noise must be floating point, got {tensor.dtype}")
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise DataError(f"{p}: initial noise holds {bad} NaN/inf values")
     return tensor.float()
 
 

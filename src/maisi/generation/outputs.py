@@ -90,6 +90,7 @@ def write_sample(
 
     The time the image, label and preview took is recorded into ``sidecar["timings_s"]["write_s"]`` and the file
     names into ``sidecar["files"]`` before the sidecar is written, so ``sidecar`` ends equal to the file's content.
+    A write that fails or is interrupted removes what it had written of the sample (each file is atomic).
 
     Args:
         image: (X, Y, Z) int16 HU (or float32 for non-CT modalities).
@@ -101,20 +102,27 @@ def write_sample(
     from maisi.generation.preview import preview_png
 
     start = time.perf_counter()
-    written = {}
-    save_nifti(paths["image"], image, affine, dtype=image.dtype)
-    written["image"] = str(paths["image"])
-    if label is not None:
-        save_nifti(paths["label"], label, affine, dtype=np.uint8)
-        written["label"] = str(paths["label"])
-    if "preview" in paths:
-        png = preview_png(image, label if preview_label is None else preview_label, spacing, window=window)
-        atomic_write(paths["preview"], lambda tmp: tmp.write_bytes(png))
-        written["preview"] = str(paths["preview"])
+    written: dict[str, str] = {}
+    try:
+        save_nifti(paths["image"], image, affine, dtype=image.dtype)
+        written["image"] = str(paths["image"])
+        if label is not None:
+            save_nifti(paths["label"], label, affine, dtype=np.uint8)
+            written["label"] = str(paths["label"])
+        if "preview" in paths:
+            png = preview_png(
+                image, label if preview_label is None else preview_label, spacing, window=window
+            )
+            atomic_write(paths["preview"], lambda tmp: tmp.write_bytes(png))
+            written["preview"] = str(paths["preview"])
+        sidecar.setdefault("timings_s", {})["write_s"] = round(time.perf_counter() - start, 4)
+        sidecar["files"] = {k: Path(v).name for k, v in {**written, "sidecar": paths["sidecar"]}.items()}
+        write_json(paths["sidecar"], sidecar)
+    except BaseException:  # a failed or interrupted write leaves no part of the sample (these files were new)
+        for path in written.values():
+            Path(path).unlink(missing_ok=True)
+        raise
     written["sidecar"] = str(paths["sidecar"])
-    sidecar.setdefault("timings_s", {})["write_s"] = round(time.perf_counter() - start, 4)
-    sidecar["files"] = {k: Path(v).name for k, v in written.items()}
-    write_json(paths["sidecar"], sidecar)
     return written
 
 

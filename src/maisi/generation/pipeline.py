@@ -20,14 +20,13 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from maisi.config.schema import Config
-from maisi.data.intensity import is_mr, unit_to_output
+from maisi.data.intensity import unit_to_output
 from maisi.generation.masks import MaskSample, MaskSource, make_mask_source
 from maisi.generation.plan import Plan, plan_generation
 from maisi.generation.seeds import derive_seed, torch_generator
@@ -81,6 +80,7 @@ class _Run:
     identity: dict[str, Any]
     progress: bool
     speedups: Speedups
+    claims: dict[int, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -129,6 +129,7 @@ def stream(
             turns every one off.
         keep_arrays: keep the image and label arrays of written samples (False: only paths and metadata).
     """
+    from maisi.generation.output_dir import check_outputs, claim_samples, write_claimed
     from maisi.generation.outputs import BackgroundWriter, write_run_config
     from maisi.generation.weights import describe_model_set
 
@@ -136,26 +137,37 @@ def stream(
     plan = plan_generation(
         cfg, weights=known, mask_source=getattr(mask_source, "name", None), indices=indices
     )
-    run = _start(plan, cfg, model_set, initial_noise, mask_source, progress, speedups or Speedups())
     todo = list(plan.indices)
+    if write:  # the output folder is checked before any network is loaded
+        todo = check_outputs(plan, todo)
+    run = _start(plan, cfg, model_set, initial_noise, mask_source, progress, speedups or Speedups())
     if write:
-        todo = _left_to_make(run, todo)
         write_run_config(cfg, plan.request.output_dir)
     slow = dtype_warning(run.device, plan.request.dtype)
     said: set[str] = set()
     _say_once([slow] if slow else [], said, plan)
     release = functools.partial(_release, keep_arrays=keep_arrays or not write)
-    writer = BackgroundWriter(functools.partial(_write, run), background=write and run.speedups.overlap_write)
+    writer = BackgroundWriter(
+        functools.partial(write_claimed, run.plan, run.claims),
+        background=write and run.speedups.overlap_write,
+    )
     # one speed-up block for the whole run: networks are prepared (layouts, Winograd kernels) once, not per batch
     try:
         with accelerate(sampling_networks(run.model_set, run.codec), run.speedups, device=run.device):
             for start in range(0, len(todo), plan.request.batch_size):
-                for s in _make_batch(run, todo[start : start + plan.request.batch_size], return_unit):
+                batch = todo[start : start + plan.request.batch_size]
+                for s in _make_batch(
+                    run,
+                    claim_samples(run.plan, batch, run.claims, run.identity) if write else batch,
+                    return_unit,
+                ):
                     _say_once(s.metadata["warnings"], said, plan)
                     yield from map(release, writer.submit(s) if write else [s])
             yield from map(release, writer.finish())
     finally:
         writer.close()
+        for lock in run.claims.values():  # samples not made (an error, an interruption): free for a rerun
+            lock.release(done=False)
 
 
 def _start(
@@ -210,28 +222,6 @@ def _start(
         identity=plan.weights_identity(),
         progress=progress,
         speedups=speedups,
-    )
-
-
-def _left_to_make(run: _Run, todo: list[int]) -> list[int]:
-    """The samples not yet complete in the output folder (a complete one of another request is an error)."""
-    from maisi.generation.outputs import existing_state
-
-    return [
-        i for i in todo if existing_state(_paths(run.plan, i), run.plan.digest(i, run.identity)) == "absent"
-    ]
-
-
-def _paths(plan: Plan, index: int) -> dict[str, Path]:
-    from maisi.generation.outputs import sample_paths
-
-    gen = plan.request
-    return sample_paths(
-        gen.output_dir,
-        index,
-        image_ext=gen.image_ext,
-        label_ext=gen.label_ext if plan.mask_source != "none" else None,
-        preview=gen.preview,
     )
 
 
@@ -368,21 +358,6 @@ def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample
             )
         )
     return samples
-
-
-def _write(run: _Run, s: Sample) -> None:
-    from maisi.generation.outputs import write_sample
-
-    s.paths = write_sample(
-        _paths(run.plan, s.index),
-        image=s.image,
-        label=s.label,
-        affine=s.affine,
-        spacing=s.spacing,
-        sidecar=s.metadata,
-        preview_label=s.condition,
-        window=(0.0, float(np.percentile(s.image, 99.5)) or 1.0) if is_mr(run.plan.modality) else None,
-    )
 
 
 def _release(s: Sample, *, keep_arrays: bool) -> Sample:

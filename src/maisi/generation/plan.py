@@ -109,9 +109,8 @@ def plan_generation(
     gen = cfg.generate
     info = weights or inspect_weights(gen.weights)  # reads config files only
     kind = mask_source or image_only_for_mr(gen, info, choose_source_kind(gen, info))
-    mr_warnings = check_modality_weights(
-        gen, info, kind, preset=cfg.preset
-    )  # the weights first: the root cause
+    # the modality against the weights before the grid: a CT request on MR weights is told that, not its CT sizes
+    mr_warnings = check_modality_weights(gen, info, kind, preset=cfg.preset)
     checked = validate_request(gen, check_grid=not (kind == "file" and not gen.fit_mask))
     checked.warnings += mr_warnings
     process = process_env()

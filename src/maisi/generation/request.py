@@ -103,6 +103,15 @@ def fov_warnings(size: Sequence[int], spacing: Sequence[float], *, modality: int
     return out
 
 
+def request_grid(gen: GenerateConfig) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """The requested ``output_size`` and ``spacing`` checked by the rules of the request's modality: the official MR
+    rules (:func:`maisi.generation.mr.check_mr_grid`) for an MR modality, else :func:`check_output_size` and
+    :func:`check_spacing`."""
+    if is_mr(modality_id(gen.modality)):
+        return check_mr_grid(gen.output_size, gen.spacing, source=f"modality {gen.modality!r}")
+    return check_output_size(gen.output_size), check_spacing(gen.spacing)
+
+
 def check_anatomy(names: Sequence[str], *, source: str = "anatomy") -> list[int]:
     """MAISI ids of anatomy names; an unknown name raises naming the closest known names."""
     ids = []
@@ -205,13 +214,10 @@ def validate_request(gen: GenerateConfig, *, check_grid: bool = True) -> Checked
     for ext, key in ((gen.image_ext, "image_ext"), (gen.label_ext, "label_ext")):
         if ext not in (".nii.gz", ".nii"):
             raise RequestError(f"{key} must be '.nii.gz' or '.nii', got {ext!r}")
-    mr = is_mr(modality_id(gen.modality))
-    if check_grid and mr:
-        check_mr_grid(gen.output_size, gen.spacing, source=f"modality {gen.modality!r}")
-    elif check_grid:
-        size = check_output_size(gen.output_size)
-        spacing = check_spacing(gen.spacing)
-        checked.warnings += fov_warnings(size, spacing)
+    modality = modality_id(gen.modality)
+    if check_grid:
+        size, spacing = request_grid(gen)
+        checked.warnings += fov_warnings(size, spacing, modality=modality)
     check_body_region(gen.body_region)
     checked.anatomy_ids = check_anatomy(gen.anatomy)
     checked.keep_ids = check_anatomy(gen.keep_only, source="keep_only")

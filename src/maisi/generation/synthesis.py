@@ -26,7 +26,7 @@ from maisi.conditioning import (
     without_tumors,
 )
 from maisi.data.intensity import is_mr
-from maisi.errors import RequestError
+from maisi.errors import RequestError, SamplingError
 from maisi.generation.masks.base import MaskSample
 from maisi.performance import Speedups, accelerate
 from maisi.runtime import compute_dtype
@@ -150,9 +150,11 @@ def synthesise(
                 generator=list(step_generators) if step_generators else None,
                 progress=progress,
             )
+        _check_finite(latent, "the sampler's latent")
         _sync(device)
         t1 = time.perf_counter()
         image = codec.decode(latent)
+        _check_finite(image, "the decoded image")
         _sync(device)
         t2 = time.perf_counter()
     unit = image.float().cpu()
@@ -171,3 +173,13 @@ def sampling_networks(model_set: Any, codec: Any) -> list[torch.nn.Module]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    """A non-finite latent or image is never written: it is an error naming what went wrong."""
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise SamplingError(
+            f"{what} has {bad} NaN/inf values; nothing was written for this sample (a NaN in --initial-noise, "
+            "in the weights, or half precision overflowing: try --dtype float32)"
+        )

@@ -139,6 +139,7 @@ def check_train_config(cfg: Config) -> None:
     tc = cfg.train
     checks = [
         ("max_steps", tc.max_steps >= 1, "must be >= 1"),
+        ("seed", tc.seed >= 0, "must be >= 0"),
         ("batch_size", tc.batch_size >= 1, "must be >= 1"),
         ("grad_accum", tc.grad_accum >= 1, "must be >= 1"),
         ("keep_last", tc.keep_last >= 1, "must be >= 1"),
