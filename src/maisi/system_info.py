@@ -77,7 +77,7 @@ def devices() -> list[dict[str, Any]]:
         }
     ]
     if torch.cuda.is_available():
-        from maisi.memory.budget import cuda_bf16_fast, default_dtype
+        from maisi.memory import cuda_bf16_fast, default_dtype
 
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

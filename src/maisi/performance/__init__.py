@@ -245,12 +245,27 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cuda_bf16_fast(device: torch.device | str | int | None = None) -> bool:
+    """Whether a CUDA device computes bf16 natively (compute capability 8.0 or later: Ampere, Hopper, ...).
+
+    ``torch.cuda.is_bf16_supported()`` also counts emulation, under which a V100 or T4 runs 3D convolutions in a
+    slow fallback kernel.
+    """
+    if not torch.cuda.is_available():
+        return False
+    if isinstance(device, (str, torch.device)):
+        device = torch.device(device)
+        if device.type != "cuda":
+            return False
+        device = device.index
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def fast_dtypes(device: torch.device | str) -> tuple[str, ...]:
     """The compute dtypes that run at full speed on ``device`` (by name, as ``GenerateConfig.dtype``)."""
     device = torch.device(device)
     if device.type == "cuda":
-        from maisi.memory.budget import cuda_bf16_fast
-
         return ("float32", "float16") + (("bfloat16",) if cuda_bf16_fast(device) else ())
     if device.type == "cpu":
         flags = cpu_flags()
@@ -289,6 +304,7 @@ __all__ = [
     "channels_last",
     "compiled",
     "cpu_flags",
+    "cuda_bf16_fast",
     "dtype_warning",
     "fast_dtypes",
     "layout_preserving_blocks",

@@ -52,7 +52,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "none":
         return None
     if amp == "bf16":
-        from maisi.memory.budget import cuda_bf16_fast
+        from maisi.performance import cuda_bf16_fast
 
         if device.type == "cuda" and not cuda_bf16_fast(device):
             warnings.warn(
