@@ -89,3 +89,21 @@ def reading_from_args(args: argparse.Namespace):
     from maisi.generation.masks import LabelReading
 
     return LabelReading(args.label_set, args.unknown_labels, bool(args.one_hot))
+
+
+def add_progress_args(parser) -> None:
+    """``--quiet``: no progress bars (they show by default when stderr is a terminal, and never in logs)."""
+    parser.add_argument(
+        "--quiet",
+        "--no-progress",
+        dest="quiet",
+        action="store_true",
+        help="no progress bars (default: on a terminal)",
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars: on a terminal unless ``--quiet``."""
+    import sys
+
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()

@@ -9,7 +9,7 @@ import argparse
 
 import torch
 
-from maisi.cli.common import add_config_args, print_config, resolve_config
+from maisi.cli.common import add_config_args, add_progress_args, print_config, resolve_config, show_progress
 from maisi.data.encode import encode_dataset
 from maisi.latents import LatentCodec
 from maisi.networks.model_set import load_model_set
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", action="store_true")
     add_config_args(p)
+    add_progress_args(p)
     p.set_defaults(func=run)
 
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, env.local_rank)  # cuda: this process's GPU under torchrun
     ms = load_model_set(args.weights, components=["vae"], base=cfg.model, device=device)
     cfg.model = ms.config
-    codec = LatentCodec.from_config(cfg, vae=ms["vae"], device=device, progress=False)
+    codec = LatentCodec.from_config(cfg, vae=ms["vae"], device=device, progress=False)  # one bar: per volume
     rank, world = env.rank, env.world_size
     with torch.no_grad():
         written = encode_dataset(
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             rank=rank,
             world_size=world,
+            progress=show_progress(args) and rank == 0,
         )
     print(f"encoded {len(written)} volumes into {args.output_dir}")
     return 0

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from maisi.cli.common import add_config_args, print_config, resolve_config
+from maisi.cli.common import add_config_args, add_progress_args, print_config, resolve_config, show_progress
 
 
 def _output(p: argparse.ArgumentParser) -> None:
@@ -177,7 +176,17 @@ FID_FIELDS = {
     "seed": "seed",
     "cache_dir": "cache_dir",
 }
-_NOT_CONFIG = {"func", "_parser", "dry_run", "config", "preset", "overrides", "command", "evaluate_command"}
+_NOT_CONFIG = {
+    "func",
+    "_parser",
+    "dry_run",
+    "config",
+    "preset",
+    "overrides",
+    "command",
+    "evaluate_command",
+    "quiet",
+}
 
 
 def register(subparsers) -> None:
@@ -191,6 +200,7 @@ def register(subparsers) -> None:
         for add in options:
             add(q)
         add_config_args(q)
+        add_progress_args(q)
     _register_train_segmenter(sub)
     p.set_defaults(func=run, _parser=p)
 
@@ -217,6 +227,7 @@ def _register_train_segmenter(sub) -> None:
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     q.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_progress_args(q)
 
 
 def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(cfg)
         return 0
-    result = evaluate(cfg, progress=sys.stderr.isatty())
+    result = evaluate(cfg, progress=show_progress(args))
     if is_main_process():  # under torchrun, rank 0 speaks for all
         out = summary(cfg.evaluate.what, result)
         if cfg.evaluate.what == "report":
@@ -272,7 +283,7 @@ def _train_segmenter(args: argparse.Namespace) -> int:
         **options,
         device=args.device,
         overwrite=args.overwrite,
-        progress=sys.stderr.isatty(),
+        progress=show_progress(args),
     )
     print(f"segmenter: {folder}")
     return 0

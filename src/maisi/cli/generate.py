@@ -10,7 +10,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from maisi.cli.common import add_config_args, add_label_args, label_overlay, print_config, resolve_config
+from maisi.cli.common import (
+    add_config_args,
+    add_label_args,
+    add_progress_args,
+    label_overlay,
+    print_config,
+    resolve_config,
+    show_progress,
+)
 from maisi.errors import RequestError
 
 #: option dest -> GenerateConfig field, for options whose value is copied as given
@@ -87,7 +95,10 @@ def register(subparsers) -> None:
     s.add_argument("--num-samples", type=int, metavar="N")
     s.add_argument("--steps", type=int, metavar="K", help="sampling steps (rflow default 30)")
     s.add_argument(
-        "--mask-steps", type=int, metavar="K", help="mask-generator steps (default: v1 1000 DDPM, v2 100 rflow)"
+        "--mask-steps",
+        type=int,
+        metavar="K",
+        help="mask-generator steps (default: v1 1000 DDPM, v2 100 rflow)",
     )
     s.add_argument(
         "--mask-guidance", type=float, metavar="S", help="v2 mask generator's guidance scale (default 2.0)"
@@ -114,7 +125,19 @@ def register(subparsers) -> None:
     r.add_argument("--qc-retries", type=int, metavar="N", help="new attempts when the quality check fails")
     r.add_argument("--no-qc", action="store_true", help="skip the organ median-HU quality check")
     r.add_argument("--no-preview", action="store_true", help="do not write PNG previews")
-    r.add_argument("--progress", action="store_true", help="show progress bars")
+    add_progress_args(r)
+    x = p.add_argument_group("training-set formats (written beside the NIfTI samples)")
+    x.add_argument(
+        "--format",
+        choices=["nifti", "nnunet", "monai", "dicom"],
+        help="also write each sample as an nnU-Net v2 dataset case, a MONAI datalist entry or a DICOM CT series + "
+        "SEG (default nifti: the run folder only)",
+    )
+    x.add_argument(
+        "--export-dir", metavar="DIR", help="where the format goes (default: by format, see maisi export)"
+    )
+    x.add_argument("--dataset-id", type=int, metavar="N", help="nnU-Net dataset id (1-999)")
+    x.add_argument("--dataset-name", metavar="NAME", help="nnU-Net dataset name (no spaces)")
     p.set_defaults(func=run)
 
 
@@ -152,12 +175,41 @@ def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
         gen["qc"] = False
     if args.no_preview:
         gen["preview"] = False
+    export = {
+        k: v
+        for k, v in (
+            ("format", args.format),
+            ("output", args.export_dir),
+            ("dataset_id", args.dataset_id),
+            ("dataset_name", args.dataset_name),
+        )
+        if v is not None
+    }
+    if export:
+        gen["export"] = export
     if args.mask is not None and (args.output_size is not None or args.spacing is not None):
         gen["fit_mask"] = True  # a grid asked for beside a mask: fit the mask to it
     out: dict[str, Any] = {"generate": gen} if gen else {}
     if label_overlay(args):
         out["data"] = label_overlay(args)
     return out
+
+
+def open_export(gen: Any):
+    """The exporter of ``generate.export`` (None for plain NIfTI), opened and checked before the run."""
+    if gen.export.format == "nifti":
+        return None
+    from maisi.export import default_output, open_exporter
+
+    e = gen.export
+    return open_exporter(
+        e.format,
+        e.output or default_output(e.format, gen.output_dir),
+        dataset_id=e.dataset_id,
+        dataset_name=e.dataset_name,
+        keep_only=gen.keep_only if e.format == "nnunet" else (),
+        modality=gen.modality,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,8 +221,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(cfg, plan=plan_generation(cfg).describe())
         return 0
+    exporter = open_export(cfg.generate)  # a bad dataset id, name or label set fails before any work
     made, shown = 0, set()
-    for s in stream(cfg, progress=args.progress, keep_arrays=False):
+    for s in stream(cfg, progress=show_progress(args), keep_arrays=False):
         report = s.metadata["mask"]["info"].get("label_mapping")
         if args.verbose and report is not None and report.get("file") not in shown:
             from maisi.data.labelmaps import format_report
@@ -180,7 +233,13 @@ def run(args: argparse.Namespace) -> int:
         qc = s.metadata["qc"]
         state = "qc off" if not qc["enabled"] else "qc passed" if qc["passed"] else "qc FAILED (kept)"
         print(f"sample {s.index}: {s.paths.get('image')} {s.paths.get('label')} ({state})", flush=True)
+        if exporter is not None:
+            from maisi.export import Sample as ExportSample
+
+            exporter.add(ExportSample.from_files(s.paths["image"], s.paths["label"], s.metadata))
         made += 1
+    if exporter is not None:
+        print(f"{cfg.generate.export.format}: {exporter.finish()}")
     if not made:
         print(f"nothing to do: every sample is already in {cfg.generate.output_dir}")
     return 0

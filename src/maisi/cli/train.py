@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from maisi.cli.common import add_config_args, print_config, resolve_config
+from maisi.cli.common import add_config_args, add_progress_args, print_config, resolve_config, show_progress
 
 TASKS = ("vae", "diffusion", "controlnet", "mask-vae", "mask-diffusion", "segmenter")
 
@@ -55,7 +55,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="model set to start from (required: the UNet for controlnet, the mask VAE for mask-diffusion)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_args(p)
     add_config_args(p)
 
 
@@ -76,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from maisi.training import train
 
-    train(cfg, device=args.device, progress=not args.no_progress)
+    train(cfg, device=args.device, progress=show_progress(args))
     return 0

@@ -300,6 +300,18 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Generated samples also written in a training-set format (``maisi.export``), besides the NIfTI run folder."""
+
+    format: Literal["nifti", "nnunet", "monai", "dicom"] = "nifti"
+    #: where the format goes (default: $nnUNet_raw or RUN/nnUNet_raw, the run folder, RUN/dicom)
+    output: str | None = None
+    #: nnU-Net: DatasetNNN_Name
+    dataset_id: int | None = None
+    dataset_name: str | None = None
+
+
+@dataclass
 class GenerateConfig:
     """A generation request (the keys of the official ``config_infer.json`` map onto these)."""
 
@@ -343,6 +355,7 @@ class GenerateConfig:
     qc_retries: int = 2
     initial_noise: str | None = None
     preview: bool = True
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 @dataclass

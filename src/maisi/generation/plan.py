@@ -24,7 +24,7 @@ from maisi.generation.weights import IMAGE_COMPONENTS, WeightsInfo, inspect_weig
 from maisi.runtime import ProcessEnv, process_env, resolve_device
 
 #: request keys that do not change what a sample is (left out of the request digest)
-NOT_IDENTITY = ("output_dir", "num_samples", "device", "preview", "batch_size")
+NOT_IDENTITY = ("output_dir", "num_samples", "device", "preview", "batch_size", "export")
 
 
 @dataclass(frozen=True)
