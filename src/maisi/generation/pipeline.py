@@ -210,6 +210,7 @@ def _start(
         decode_overlap=gen.decode_overlap,
         device=plan.device,
         dtype=compute_dtype(gen.dtype),
+        progress=progress,
     )
     return _Run(
         plan=plan,
