@@ -12,6 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+#: spacing (mm) of the official mask-generation models' output (256^3 at 1.5 mm), v1 and v2
+MASK_MODEL_SPACING = 1.5
+
 
 @dataclass
 class MaskSample:

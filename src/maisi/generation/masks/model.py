@@ -26,12 +26,10 @@ from maisi import labels
 from maisi.conditioning import mask_channels_to_ids
 from maisi.errors import DataError
 from maisi.generation.grid import fit_to_grid, spacing_affine
-from maisi.generation.masks.base import MaskSample
+from maisi.generation.masks.base import MASK_MODEL_SPACING, MaskSample
 from maisi.generation.seeds import derive_seed, torch_generator
 from maisi.io import read_json
 
-#: spacing (mm) of the official mask-generation model's output (256^3 at 1.5 mm)
-MASK_MODEL_SPACING = 1.5
 #: completion of unspecified slots when no real size vectors are available: organs mid-range, no tumour
 DEFAULT_SIZE_VECTOR: tuple[float, ...] = (0.5,) * 5 + (labels.ABSENT_SIZE,) * 5
 #: file name patterns of the official size-condition database

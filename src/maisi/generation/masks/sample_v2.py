@@ -24,8 +24,8 @@ import torch
 
 from maisi.conditioning import spacing_input
 from maisi.diffusion import Generators, Scheduler, make_denoiser, sample, scheduler_from_config
+from maisi.generation.masks.base import MASK_MODEL_SPACING
 from maisi.generation.masks.conditions_v2 import CONDITION_DIM, ConditionV2, unconditional_vector
-from maisi.generation.masks.model import MASK_MODEL_SPACING
 
 #: official defaults of the v2 mask sampler: steps, guidance scale, spacing input (the model's native 1.5 mm)
 MASK_STEPS_V2 = 100
