@@ -377,3 +377,37 @@ def test_recipe_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "generated" / "sample_00000_image.nii.gz").is_file()
     assert '"psnr"' in done.stdout and "train loss" in done.stdout
+
+
+def test_request_grid_follows_the_modality():
+    """One grid check for every caller (validation, the grid of image-only sources): MR rules for an MR modality."""
+    from maisi.config import GenerateConfig
+    from maisi.generation.request import request_grid
+
+    assert request_grid(
+        GenerateConfig(modality="mri_t1", output_size=(128, 128, 128), spacing=(4.0, 4.0, 0.45))
+    ) == (
+        (128, 128, 128),
+        (4.0, 4.0, 0.45),
+    )
+    with pytest.raises(RequestError, match="is outside \\[0.5, 3\\] mm"):
+        request_grid(GenerateConfig(modality="ct", output_size=(128, 128, 128), spacing=(4.0, 4.0, 0.45)))
+    with pytest.raises(RequestError, match="nearest valid request --output-size 128 128 128"):
+        request_grid(GenerateConfig(modality="mri", output_size=(96, 96, 96), spacing=(1.0, 1.0, 1.0)))
+
+
+def test_maisi_weights_declaring_their_modalities_are_checked(tmp_path):
+    """A maisi folder whose UNet declares the modality ids it was trained on (``modalities`` extra) is held to
+    them; one that declares nothing is not (no evidence either way)."""
+    from pathlib import Path
+
+    from maisi.generation.weights import WeightsInfo
+
+    gen = dataclasses.replace(preset("rflow-mr").generate, output_dir=str(tmp_path))
+    mr_set = WeightsInfo(root=Path("w"), layout="maisi", extras={"unet": {"modalities": [0, 8, 9]}})
+    ct_set = WeightsInfo(root=Path("w"), layout="maisi", extras={"unet": {"modalities": [1]}})
+    assert mr.weights_modality(mr_set) == "mr" and mr.weights_modality(ct_set) == "ct"
+    assert mr.weights_modality(WeightsInfo(root=Path("w"), layout="maisi")) is None
+    assert mr.check_modality_weights(gen, mr_set, "none") == []
+    with pytest.raises(RequestError, match="is an MR modality, and the weights in w generate CT"):
+        mr.check_modality_weights(gen, ct_set, "none")
