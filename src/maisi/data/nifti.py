@@ -17,6 +17,8 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
+from nibabel.fileholders import FileHolder
+from nibabel.openers import ImageOpener
 
 from maisi.errors import DataError
 from maisi.io import atomic_path
@@ -269,8 +271,10 @@ def save_nifti(
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    with atomic_path(p, overwrite=overwrite) as tmp:
-        nib.save(img, str(tmp))
+    # the file object is ours and closed whatever happens: nibabel's own stays open when a write fails (a full
+    # disk), keeping the removed temporary's space until garbage collection; the bytes are those of nib.save
+    with atomic_path(p, overwrite=overwrite) as tmp, ImageOpener(str(tmp), "wb") as f:
+        img.to_file_map({"image": FileHolder(fileobj=f), "header": FileHolder(fileobj=f)})
     return p
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from maisi.data.intensity import is_mr
-from maisi.errors import OutputError
+from maisi.errors import CheckpointError, OutputError
 
 try:  # POSIX; elsewhere samples are not locked (one run per folder)
     import fcntl
@@ -97,6 +97,22 @@ class SampleLock:
         self.fd = fd
         return True
 
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the claim now (the lock file is not created to find out)."""
+        if fcntl is None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing the only descriptor of a lock taken here releases it
+        return False
+
     def release(self, *, done: bool) -> None:
         """Give the claim up (``done``: the sample is complete and the lock file is removed)."""
         if self.fd is None:
@@ -118,22 +134,39 @@ class SampleLock:
 
 
 def check_outputs(plan: Any, todo: list[int]) -> list[int]:
-    """Check the output folder (writable, room for the samples, no input among the outputs) and the samples
-    there: complete ones of this request are skipped, those of another request refused (one line each)."""
+    """Check the weights hold the plan's components, then the output folder (writable, room for the samples, no
+    input among the outputs) and the samples there: complete ones of this request are skipped, those of another
+    request or half-written by a dead run refused (one line each); one another live run is writing is left to it."""
     import math
 
-    from maisi.generation.outputs import existing_state
     from maisi.io import refuse_overwriting_inputs
 
+    missing = [c for c in plan.components if c not in plan.weights.components]
+    if missing:  # what loading them would say, said before the sample files are looked at
+        raise CheckpointError(f"{plan.weights.root}: missing components {missing}")
     gen, identity = plan.request, plan.weights_identity()
     paths = {i: sample_files(plan, i) for i in todo}
     refuse_overwriting_inputs(
         [p for ps in paths.values() for p in ps.values()] + [Path(gen.output_dir) / "config.json"],
         [gen.mask, gen.initial_noise, gen.mask_database],
     )
-    left = [i for i in todo if existing_state(paths[i], plan.digest(i, identity)) == "absent"]
+    left = [i for i in todo if _state(plan, i, paths[i], identity) == "absent"]
     prepare_output_dir(gen.output_dir, needed_bytes=estimated_bytes(math.prod(gen.output_size), len(left)))
     return left
+
+
+def _state(plan: Any, index: int, paths: dict[str, Path], identity: dict[str, Any]) -> str:
+    """:func:`~maisi.generation.outputs.existing_state` of a sample, except that one another live run holds the
+    lock of is left to the claims (it is being written: its files may be there before its sidecar)."""
+    from maisi.generation.outputs import existing_state
+    from maisi.io import OutputExistsError
+
+    try:
+        return existing_state(paths, plan.digest(index, identity))
+    except OutputExistsError:
+        if SampleLock(plan.request.output_dir, index).held_elsewhere():
+            return "absent"  # claim_samples skips it, or finds it complete once the other run is done
+        raise
 
 
 def claim_samples(
