@@ -113,7 +113,9 @@ def child_decode(args, device) -> dict:
     if args.plan:
         gen = cfg.generate
         gen.output_size, gen.dtype = req.output_size, args.dtype
-        mplan = plan_memory(cfg.model, gen, budget_bytes=parse_memory(args.plan), device=str(device))
+        mplan = plan_memory(
+            cfg.model, gen, budget_bytes=parse_memory(args.plan), device=str(device), components=("vae",)
+        )
         settings = mplan.decode
         planned = mplan.describe()
     else:
@@ -313,6 +315,12 @@ def _config_args(kind: str, preset: str, options: dict) -> list[str]:
     return out
 
 
+def _merged(report: dict, earlier: list) -> dict:
+    out = dict(report)
+    out["results"] = sorted([*earlier, *report["results"]], key=lambda r: r.get("index", 0))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", choices=sorted(SUITES), default="cpu")
@@ -321,6 +329,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", default="memory_model_cpu")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument(
+        "--merge", action="store_true", help="keep the other configurations of an earlier results file"
+    )
     # one configuration (the child)
     p.add_argument("--kind", help=argparse.SUPPRESS)
     p.add_argument("--preset", default="rflow-ct", help=argparse.SUPPRESS)
@@ -340,6 +351,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = {"machine": machine(), "args": vars(args), "results": []}
     configs = SUITES[args.suite]
+    earlier = []
+    previous = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
+    if args.merge and previous.is_file():
+        earlier = json.loads(previous.read_text())["results"]
     chosen = args.only if args.only is not None else range(len(configs))
     print(
         f"{'#':>2} {'kind':<9} {'preset':<9} {'configuration':<46} {'estimated':>10} {'measured':>10} {'ratio':>6}"
@@ -350,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         r = run_child(__file__, _config_args(kind, preset, options) + extra, timeout=args.timeout)
         r.update(index=i, kind=kind, preset=preset, options=options, wall_s=time.time() - t0)
+        earlier = [e for e in earlier if e.get("index") != i]
         report["results"].append(r)
         text = " ".join(f"{k}={v}" for k, v in options.items())
         if "error" in r:
@@ -358,7 +374,8 @@ def main(argv: list[str] | None = None) -> None:
             r["ratio"] = r["estimated"] / r["measured"]
             print(f"{i:>2} {kind:<9} {preset:<9} {text:<46} {r['estimated'] / 2**30:9.3f}G "
                   f"{r['measured'] / 2**30:9.3f}G {r['ratio']:6.3f}")  # fmt: skip
-        write_results(args.name, report)  # after every configuration: a long suite keeps what it measured
+        write_results(args.name, _merged(report, earlier))  # after every configuration: a long suite keeps it
+    report = _merged(report, earlier)
     ok = [r for r in report["results"] if "ratio" in r]
     if ok:
         report["summary"] = {

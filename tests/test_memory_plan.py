@@ -75,6 +75,20 @@ def test_official_512x512x768_decode_plan_fits_8GB():
     assert 1 < d["windows"] < 539 and min(d["window"]) >= 32
 
 
+def test_a_4096_cube_is_refused_before_anything_is_built():
+    cfg = preset("rflow-ct")
+    start = time.perf_counter()
+    with pytest.raises(RequestError) as err:
+        plan_memory(cfg.model, _request(cfg, 4096), budget_bytes=parse_memory("16GB"))
+    assert time.perf_counter() - start < 1.0
+    message = str(err.value)
+    assert message.startswith("request needs at least ") and "GiB (stage decode: " in message
+    assert (
+        "output 260.0 GiB" in message
+    )  # the volume and the window weights and message.count("budget 16.0 GiB on cpu") == 1 and "\n" not in message
+
+
+@pytest.mark.slow
 def test_a_4096_cube_is_refused_at_once_with_the_estimate():
     """In a fresh process: the refusal itself takes milliseconds (nothing is built or traced); the process as a
     whole, torch's import included, well under 5 s on an idle 2-core machine (10 s allowed for a busy one)."""
@@ -117,6 +131,15 @@ def test_explicit_settings_are_kept_with_a_warning(tiny):
     assert (
         fine.decode_window == (16, 16, 16) and not fine.warnings and fine.decode_overlap == pytest.approx(0.4)
     )
+
+
+def test_explicit_decode_settings_do_not_excuse_other_stages(tiny):
+    gen = _request(tiny, 128)
+    roomy = plan_memory(tiny.model, gen, budget_bytes=parse_memory("64GB"))
+    with pytest.raises(RequestError, match="stage sampling"):
+        plan_memory(
+            tiny.model, gen, budget_bytes=roomy.stages["sampling"] - 1, decode_window=(8, 8, 8), num_splits=8
+        )
 
 
 def test_guidance_and_batch_raise_the_sampling_estimate(tiny):

@@ -180,8 +180,9 @@ def plan_memory(
     best: MemoryPlan | None = None
     for offload in offloads:
         plan = _plan(model_cfg, req, kind, budget, latent, mask_latent, explicit, offload, str(device))
-        if plan.peak <= budget or explicit.given:
-            return plan
+        others = [e for e in plan.estimates if e.name != "decode"]
+        if plan.peak <= budget or (explicit.given and all(e.device <= budget for e in others)):
+            return plan  # the user's decode settings win (with a warning)
         if best is None or plan.peak < best.peak:
             best = plan
     worst = max(best.estimates, key=lambda e: e.device)

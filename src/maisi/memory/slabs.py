@@ -439,7 +439,7 @@ def decoder_peak(
     prec = _Precision(act=int(act_bytes), copies=not channels_last, touched=resident)
     blocks = decoder_blocks(vae_cfg)
     rows, area = int(latent[0]), math.prod(int(s) for s in latent[1:])
-    out_rows = rows * 2 ** (len(vae_cfg.num_channels) - 1)
+    out_rows = rows * vae_cfg.downsample
     led = _Ledger()
     x_bytes = 0  # the current activation (the input latent is not counted)
     pending = False
