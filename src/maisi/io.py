@@ -47,6 +47,15 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
             tmp_path.unlink()
 
 
+def default_permissions(folder: str | os.PathLike) -> None:
+    """Give a folder made with ``tempfile.mkdtemp`` (0700) and its files the usual permissions (0777 / 0666 less
+    the umask) before it is moved into place, so that a checkpoint or model set is readable like any output."""
+    mask = _umask()
+    root = Path(folder)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -184,6 +184,12 @@ CASES = [
         "input",
     ),
     ("generate --seed -1", [*GEN, *PHANTOM, "--seed", "-1"], "seed must be >= 0, got -1", "input"),
+    (
+        "a mask the chosen source would ignore",
+        [*GEN, *PHANTOM, "--mask", "{H}/truncated.nii.gz"],
+        "--mask {H}/truncated.nii.gz is given but the mask source is 'phantom', which would ignore it; drop one",
+        "input",
+    ),
     ("train --seed -1", [*TRAIN, "--seed", "-1"], "train.seed: -1 must be >= 0", "input"),
     (
         "generate --device tpu",

@@ -221,25 +221,38 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(cfg, plan=plan_generation(cfg).describe())
         return 0
-    exporter = open_export(cfg.generate)  # a bad dataset id, name or label set fails before any work
-    made, shown = 0, set()
-    for s in stream(cfg, progress=show_progress(args), keep_arrays=False):
-        report = s.metadata["mask"]["info"].get("label_mapping")
-        if args.verbose and report is not None and report.get("file") not in shown:
+    report = _Report(
+        cfg, verbose=args.verbose, exporter=open_export(cfg.generate)
+    )  # bad dataset: before work
+    for _ in stream(cfg, progress=show_progress(args), keep_arrays=False, on_written=report):
+        pass
+    if report.exporter is not None:
+        print(f"{cfg.generate.export.format}: {report.exporter.finish()}")
+    if not report.made:
+        print(f"nothing to do: every sample is already in {cfg.generate.output_dir}")
+    return 0
+
+
+class _Report:
+    """Says each sample (and its label mapping with ``--verbose``) as soon as its files are complete, and adds it
+    to the export; called from the writer's thread, one sample at a time."""
+
+    def __init__(self, cfg: Any, *, verbose: bool, exporter: Any) -> None:
+        self.cfg, self.verbose, self.exporter = cfg, verbose, exporter
+        self.made, self.shown = 0, set()
+
+    def __call__(self, s: Any) -> None:
+        mapping = s.metadata["mask"]["info"].get("label_mapping")
+        if self.verbose and mapping is not None and mapping.get("file") not in self.shown:
             from maisi.data.labelmaps import format_report
 
-            shown.add(report.get("file"))
-            print(format_report(report))
+            self.shown.add(mapping.get("file"))
+            print(format_report(mapping))
         qc = s.metadata["qc"]
         state = "qc off" if not qc["enabled"] else "qc passed" if qc["passed"] else "qc FAILED (kept)"
         print(f"sample {s.index}: {s.paths.get('image')} {s.paths.get('label')} ({state})", flush=True)
-        if exporter is not None:
+        if self.exporter is not None:
             from maisi.export import Sample as ExportSample
 
-            exporter.add(ExportSample.from_files(s.paths["image"], s.paths["label"], s.metadata))
-        made += 1
-    if exporter is not None:
-        print(f"{cfg.generate.export.format}: {exporter.finish()}")
-    if not made:
-        print(f"nothing to do: every sample is already in {cfg.generate.output_dir}")
-    return 0
+            self.exporter.add(ExportSample.from_files(s.paths["image"], s.paths["label"], s.metadata))
+        self.made += 1

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,7 @@ def stream(
     progress: bool = False,
     speedups: Speedups | None = None,
     keep_arrays: bool = True,
+    on_written: Callable[[Sample], Any] | None = None,
 ) -> Iterator[Sample]:
     """Make the samples of a request, yielding each once it is written (or made, with ``write=False``).
 
@@ -128,8 +129,10 @@ def stream(
         speedups: :class:`maisi.performance.Speedups` (default ``Speedups()``); :data:`maisi.performance.PLAIN`
             turns every one off.
         keep_arrays: keep the image and label arrays of written samples (False: only paths and metadata).
+        on_written: called with each sample as soon as its files are complete (from the writer's thread when
+            writes overlap sampling), e.g. to report it while the next one is made.
     """
-    from maisi.generation.output_dir import check_outputs, claim_samples, write_claimed
+    from maisi.generation.output_dir import check_outputs, claim_samples
     from maisi.generation.outputs import BackgroundWriter, write_run_config
     from maisi.generation.weights import describe_model_set
 
@@ -148,7 +151,7 @@ def stream(
     _say_once([slow] if slow else [], said, plan)
     release = functools.partial(_release, keep_arrays=keep_arrays or not write)
     writer = BackgroundWriter(
-        functools.partial(write_claimed, run.plan, run.claims),
+        functools.partial(_write_and_report, run, on_written),
         background=write and run.speedups.overlap_write,
     )
     # one speed-up block for the whole run: networks are prepared (layouts, Winograd kernels) once, not per batch
@@ -156,11 +159,9 @@ def stream(
         with accelerate(sampling_networks(run.model_set, run.codec), run.speedups, device=run.device):
             for start in range(0, len(todo), plan.request.batch_size):
                 batch = todo[start : start + plan.request.batch_size]
-                for s in _make_batch(
-                    run,
-                    claim_samples(run.plan, batch, run.claims, run.identity) if write else batch,
-                    return_unit,
-                ):
+                if write:  # samples another run has claimed (or finished meanwhile) are left to it
+                    batch = claim_samples(run.plan, batch, run.claims, run.identity)
+                for s in _make_batch(run, batch, return_unit) if batch else ():
                     _say_once(s.metadata["warnings"], said, plan)
                     yield from map(release, writer.submit(s) if write else [s])
             yield from map(release, writer.finish())
@@ -212,6 +213,13 @@ def _start(
         dtype=compute_dtype(gen.dtype),
         progress=progress,
     )
+    if initial_noise is not None:  # every sample's fixed latent checked before anything is written
+        from maisi.generation.noise import noise_for
+
+        fixed = getattr(source, "sample", None)  # a user mask decides the grid
+        grid = fixed.shape if fixed is not None else gen.output_size
+        for i in plan.indices:
+            noise_for(initial_noise, i, (codec.latent_channels, *codec.latent_shape(grid)))
     return _Run(
         plan=plan,
         model_set=model_set,
@@ -359,6 +367,14 @@ def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample
             )
         )
     return samples
+
+
+def _write_and_report(run: _Run, on_written: Callable[[Sample], Any] | None, s: Sample) -> None:
+    from maisi.generation.output_dir import write_claimed
+
+    write_claimed(run.plan, run.claims, s)
+    if on_written is not None:
+        on_written(s)
 
 
 def _release(s: Sample, *, keep_arrays: bool) -> Sample:

@@ -23,7 +23,7 @@ from torch import nn
 from maisi.config.loading import build_dataclass, to_dict
 from maisi.config.schema import ModelConfig
 from maisi.errors import CheckpointError
-from maisi.io import read_json
+from maisi.io import default_permissions, read_json
 from maisi.networks.builders import COMPONENTS, build, component_config
 
 CONFIG_NAME = "config.json"
@@ -104,6 +104,7 @@ def save_component(
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"component": component})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        default_permissions(tmp)
         _replace_dir(tmp, target)
     finally:
         if tmp.exists():

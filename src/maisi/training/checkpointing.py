@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from maisi.errors import CheckpointError
-from maisi.io import read_torch_file
+from maisi.io import default_permissions, read_torch_file
 from maisi.networks.checkpoint import load_component, save_component
 
 STATE_NAME = "training_state.pt"
@@ -87,6 +87,7 @@ def save_checkpoint(
         for name, (model, cfg) in models.items():
             save_component(tmp / name, model, cfg, component=name, extra={"step": step})
         torch.save(dict(state), tmp / STATE_NAME)
+        default_permissions(tmp)
         if target.exists():  # a checkpoint of the same step (a re-run): swap it out, remove it after
             old = root / f".{target.name}.old"
             if old.exists():

@@ -57,6 +57,16 @@ def check_source(kind: str, gen: GenerateConfig, weights: WeightsInfo | None) ->
 
     if kind not in KINDS:
         raise RequestError(f"unknown mask source {kind!r}; expected auto, {', '.join(KINDS)}")
+    ignored = [
+        (o, v)
+        for o, v, used in (("--mask", gen.mask, "file"), ("--mask-database", gen.mask_database, "database"))
+        if v and kind != used
+    ]
+    if ignored:
+        option, value = ignored[0]
+        raise RequestError(
+            f"{option} {value} is given but the mask source is {kind!r}, which would ignore it; drop one"
+        )
     if kind == "file" and not gen.mask:
         raise RequestError("mask_source 'file' needs a mask file (--mask FILE)")
     if kind == "database" and not (gen.mask_database or (weights is not None and weights.mask_database)):
