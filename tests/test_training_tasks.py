@@ -153,6 +153,8 @@ def test_task_lowers_validation_loss(data, task, capsys):
         assert ms.config.vae.scale_factor == pytest.approx(expected, rel=0.02)
         # one home: the codec's config; the UNet alone, loaded from the set, gets it from there
         assert "scale_factor" not in ms.components["unet"].extra
+        # the modality ids it was trained on (the CT cases: 1), which generation holds MR requests to
+        assert ms.components["unet"].extra["modalities"] == [1]
         assert (
             load_model_set(result.model_dir, components=["unet"]).config.vae.scale_factor
             == ms.config.vae.scale_factor

@@ -78,6 +78,11 @@ COMMANDS: dict[str, tuple[str, list[Callable[[argparse.ArgumentParser], None]]]]
             lambda p: p.add_argument(
                 "--intensity", choices=("ct", "mri"), help="input scaling (MR: percentiles)"
             ),
+            lambda p: p.add_argument(
+                "--modality",
+                metavar="NAME",
+                help="the images' modality (mri*: the MR normalisation); sets --intensity",
+            ),
             _device,
             _output,
         ],
@@ -233,6 +238,11 @@ def _register_train_segmenter(sub) -> None:
 def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options the user gave, as an ``evaluate`` overlay (``what`` set from the sub-command)."""
     given = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
+    if "modality" in given:  # a modality name decides the scaling: MR percentiles or the CT window
+        from maisi.data.intensity import is_mr
+        from maisi.generation.request import modality_id
+
+        given["intensity"] = "mri" if is_mr(modality_id(given.pop("modality"), source="--modality")) else "ct"
     fid = {FID_FIELDS[k]: v for k, v in given.items() if k in FID_FIELDS}
     rest = {k: v for k, v in given.items() if k not in FID_FIELDS}
     return {"evaluate": {"what": args.evaluate_command, **rest, **({"fid": fid} if fid else {})}}

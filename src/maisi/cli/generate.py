@@ -52,14 +52,23 @@ _FIELDS = {
 
 
 def register(subparsers) -> None:
+    from maisi.generation.mr import describe_rules
+
     p = subparsers.add_parser(
         "generate",
-        help="generate CT images with paired label maps",
-        description="Generate CT image/label pairs. Options override --config files (ours or config_infer.json).",
+        help="generate CT images with paired label maps (or MR images)",
+        description="Generate CT image/label pairs, or images alone (--mask-source none; MR). Options override "
+        "--config files (ours or config_infer.json).",
+        epilog=describe_rules(),
     )
     add_config_args(p)
     g = p.add_argument_group("request")
-    g.add_argument("--weights", metavar="demo|rflow-ct|ddpm-ct|DIR", help="weights to use")
+    g.add_argument(
+        "--weights",
+        metavar="NAME|DIR",
+        help="demo, rflow-ct, ddpm-ct, rflow-mr, rflow-mr-brain (after maisi download) or a folder; without "
+        "--preset the request defaults follow them",
+    )
     g.add_argument(
         "--output-size", nargs=3, type=int, metavar=("X", "Y", "Z"), help="voxels, multiples of 32"
     )
@@ -215,8 +224,11 @@ def open_export(gen: Any):
 def run(args: argparse.Namespace) -> int:
     from maisi.generation import plan_generation, stream
 
-    if args.preset is None and not args.config and (args.weights or "demo") == "demo":
-        args.preset = "demo"  # the shipped model set's networks and request defaults (128^3 at 3 mm)
+    if args.preset is None and not args.config:
+        from maisi.generation.weights import weights_preset
+
+        # the request defaults that go with the weights: demo (128^3 at 3 mm), an official variant's
+        args.preset = weights_preset(args.weights or "demo")
     cfg = resolve_config(args, overlay_from_args(args))
     if args.dry_run:
         print_config(cfg, plan=plan_generation(cfg).describe())

@@ -31,7 +31,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--divisor", type=int, default=128, help="pad each axis to a multiple of this (0: no padding)"
     )
-    p.add_argument("--modality", default="ct", choices=["ct", "mri"])
+    p.add_argument(
+        "--modality",
+        default="ct",
+        help="the images' modality, a name of modality_mapping.json (ct, mri, mri_t1, mri_t2_skull_stripped, ...): "
+        "ct* use the [-1000, 1000] HU window, mri* the 0-99.5th percentile range",
+    )
     add_label_args(p)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument(

@@ -342,7 +342,16 @@ def _make_batch(run: _Run, indices: list[int], return_unit: bool) -> list[Sample
             qc=qc,
             history=history,
             timings=made.timings,
-            warnings=fov_warnings(mask.shape, mask.spacing) + mask.changes + mask.warnings,
+            warnings=list(  # the request's, then the grid's (a user mask decides it), once each
+                dict.fromkeys(
+                    [
+                        *run.plan.warnings,
+                        *fov_warnings(mask.shape, mask.spacing, modality=run.plan.modality),
+                        *mask.changes,
+                        *mask.warnings,
+                    ]
+                )
+            ),
         )
         facts = {
             "model_config": run.model_set.config,

@@ -73,10 +73,10 @@ def qc_reason(plan: Any) -> str | None:
     find the organs in, and not to be turned off."""
     from maisi.data.intensity import is_mr
 
-    if plan.mask_source == "none":
-        return "image-only generation: no label map to find the organs in"
     if is_mr(plan.modality):
         return "MR: the organ median-HU check is defined for CT"
+    if plan.mask_source == "none":
+        return "image-only generation: no label map to find the organs in"
     if not plan.request.qc:
         return "turned off (--no-qc)"
     return None

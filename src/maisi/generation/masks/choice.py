@@ -10,7 +10,7 @@ from maisi.errors import RequestError
 from maisi.generation.masks.base import GridSource, MaskSource
 from maisi.generation.masks.file import FileMaskSource, LabelReading
 from maisi.generation.masks.phantom import PhantomMaskSource
-from maisi.generation.request import check_output_size, check_spacing
+from maisi.generation.request import check_output_size, check_spacing, request_grid
 
 if TYPE_CHECKING:
     from maisi.generation.weights import WeightsInfo
@@ -124,7 +124,7 @@ def make_mask_source(
             spacing=check_spacing(gen.spacing),
             reading=reading,
         )
-    size, spacing = check_output_size(gen.output_size), check_spacing(gen.spacing)
+    size, spacing = request_grid(gen)  # an MR request has its own rules
     if kind == "none":
         return GridSource(size=size, spacing=spacing)
     if kind == "database":

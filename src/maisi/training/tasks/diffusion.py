@@ -7,8 +7,9 @@ unconditional model), and for body-region models the top/bottom region one-hots 
 
 The latent scale factor is ``1 / std`` over posterior samples of (up to :data:`SCALE_FACTOR_CASES`) training
 latents when training from scratch; when ``train.init_from`` brings a trained UNet its model set's factor is kept
-(the UNet was trained with it). It is saved in the model set's VAE config (``vae.scale_factor``), the codec's
-field, and in the UNet's extras.
+(the UNet was trained with it). It is saved in the model set's VAE config (``vae.scale_factor``), its one home.
+The UNet's extras declare the modality ids it was trained on (``modalities``: the training cases' and, when
+fine-tuned, those its initial model set declared), which ``maisi generate`` holds requests to.
 """
 
 from __future__ import annotations
@@ -54,17 +55,15 @@ class DiffusionTask(Task):
         self.scheduler = scheduler_from_config(self.scheduler_config())
         ms = load_init_model_set(self.cfg, components=self.init_components())
         self.init_set = ms
-        net = build(self.primary, self.model_cfg)
         trained_primary = ms is not None and self.primary in ms
-        if ms is not None:
+        if ms is not None:  # the loaded networks' configs (their weights need them), then the network
             self.model_cfg = _merge_configs(self.model_cfg, ms.config, ms.components)
-            if trained_primary:
-                net.load_state_dict(ms[self.primary].state_dict())
+        net = build(self.primary, self.model_cfg)
+        if trained_primary:
+            net.load_state_dict(ms[self.primary].state_dict())
         self.models[self.primary] = net.to(self.device).train()
         self.build_frozen(ms)
-        if (
-            trained_primary
-        ):  # keep the factor the loaded network was trained with (its one home: the codec's config)
+        if trained_primary:  # keep the factor the loaded network was trained with (its one home: the VAE config)
             self.scale_factor = float(getattr(ms.config, self.codec_component).scale_factor)
         else:
             self.scale_factor = self.estimate_scale()
@@ -233,8 +232,17 @@ class DiffusionTask(Task):
             "image/sample": codec.decode(z)[0, 0].clamp(0, 1),
         }
 
+    def trained_modalities(self) -> list[int]:
+        """The modality ids the saved UNet was trained on: the training cases' and the initial model set's."""
+        ids = {int(c.modality_id) for c in self.train_cases}
+        if self.init_set is not None and self.primary in self.init_set:
+            declared = self.init_set.components[self.primary].extra.get("modalities", ())
+            ids |= {int(m) for m in declared}
+        return sorted(ids - {0})
+
     def saved_components(self, nets):
-        out = {self.primary: SavedComponent(nets[self.primary], self.model_cfg.unet)}
+        extra = {"modalities": self.trained_modalities()}
+        out = {self.primary: SavedComponent(nets[self.primary], self.model_cfg.unet, extra)}
         if "vae" in self.models:
             out["vae"] = SavedComponent(self.models["vae"], self.model_cfg.vae)
         return out
