@@ -39,18 +39,19 @@ def test_ct_torch_matches_numpy_and_keeps_dtype():
 
 def test_mri_percentiles_and_inverse():
     mr = load_nifti(DATA / "example_mr_sm.nii.gz").array
-    unit, (lo, hi) = mri_to_unit(mr)
+    clipped, (lo, hi) = mri_to_unit(mr, clip=True)
     assert lo == pytest.approx(float(mr.min()))
     assert hi == pytest.approx(float(np.percentile(mr, 99.5)))
-    assert float(unit.min()) == 0.0 and float(unit.max()) == 1.0
-    # 99.5 % of voxels are at or below the upper percentile and invert exactly
+    assert float(clipped.min()) == 0.0 and float(clipped.max()) == 1.0
+    # 99.5 % of voxels are at or below the upper percentile and invert exactly even when clipped
     below = mr <= hi
     assert below.mean() >= 0.995
-    np.testing.assert_allclose(unit_to_mri(unit, lo, hi)[below], mr[below], rtol=1e-5, atol=1e-2)
-    raw, lohi = mri_to_unit(mr, clip=False)
+    np.testing.assert_allclose(unit_to_mri(clipped, lo, hi)[below], mr[below], rtol=1e-5, atol=1e-2)
+    # the default is the official transform's: not clipped, the brightest voxels above 1, every voxel inverts
+    raw, lohi = mri_to_unit(mr)
     assert lohi == (lo, hi)
     np.testing.assert_allclose(unit_to_mri(raw, lo, hi), mr, rtol=1e-5, atol=1e-2)
-    assert float(raw.max()) > 1.0
+    assert float(raw.max()) == pytest.approx((float(mr.max()) - lo) / (hi - lo), rel=1e-5) and raw.max() > 1.0
 
 
 def test_mri_torch_and_constant_image():

@@ -328,7 +328,8 @@ def test_mr_recon_metrics_use_the_mr_normalisation(tmp_path_factory):
     (case,) = result["cases"]
     assert case["mae_hu"] is None and result["summary"]["mae_hu"]["n"] == 0
     unit, (low, high) = mri_to_unit(load_nifti(image, kind="image").array)
-    assert (low, high) == (-47.0, pytest.approx(692.0, abs=1.0)) and 0.0 <= unit.min() and unit.max() == 1.0
+    # not clipped, as in the official transform: the brightest 0.5 % of voxels stay above 1
+    assert (low, high) == (-47.0, pytest.approx(692.0, abs=1.0)) and 0.0 <= unit.min() and unit.max() > 1.0
     expected = image_metrics(unit, reconstruct(LatentCodec.from_model_set(ms), unit))["psnr"]
     assert case["psnr"] == pytest.approx(expected, rel=1e-5)
     assert (

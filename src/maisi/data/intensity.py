@@ -1,7 +1,8 @@
 """Intensity normalisation between scanner units and the [0, 1] range the MAISI autoencoder works in.
 
 CT: Hounsfield units clipped to [-1000, 1000] and scaled linearly to [0, 1]. MRI: the 0th to 99.5th
-percentile of each volume scaled to [0, 1]; the percentile values are returned so the scaling can be undone.
+percentile of each volume scaled to [0, 1], not clipped (the official transform's ``clip=False``: the brightest
+0.5 % of voxels stay above 1); the percentile values are returned so the scaling can be undone.
 Functions accept numpy arrays (returning float32) or torch tensors (keeping their dtype and device).
 """
 
@@ -17,6 +18,8 @@ CT_MAX_HU = 1000.0
 #: Percentiles mapped to 0 and 1 for MRI.
 MRI_LOWER_PERCENTILE = 0.0
 MRI_UPPER_PERCENTILE = 99.5
+#: Whether MR values outside the percentile range are clipped: not in the official VAE / latent transform.
+MRI_CLIP = False
 
 
 def _is_torch(x: Any) -> bool:
@@ -61,13 +64,14 @@ def mri_to_unit(
     *,
     lower_percentile: float = MRI_LOWER_PERCENTILE,
     upper_percentile: float = MRI_UPPER_PERCENTILE,
-    clip: bool = True,
+    clip: bool = MRI_CLIP,
 ) -> tuple[Any, tuple[float, float]]:
     """Scale an MR volume so its ``lower_percentile`` maps to 0 and ``upper_percentile`` to 1.
 
     Args:
         image: MR volume, any shape (numpy array or torch tensor).
-        clip: clip the result to [0, 1] (values above the upper percentile saturate, so they do not invert).
+        clip: clip the result to [0, 1] (values above the upper percentile then saturate and do not invert);
+            off by default, as in the official transform.
 
     Returns:
         The scaled volume (same shape) and the ``(low, high)`` intensity values used, to pass to
