@@ -31,6 +31,27 @@ def test_official_infer_file_maps_keys():
     assert g.modality == "ct" and g.guidance == 0.0
 
 
+@pytest.mark.parametrize("name", ["rflow-ct", "ddpm-ct"])
+def test_official_ct_presets_request_what_config_infer_requests(name):
+    """The official CT presets' request is the official config_infer.json's (a chest mask holding a lung tumour,
+    256^3 at 1.5 x 1.5 x 2 mm, the 48^3 / 0.6666 decode), except the steps the ddpm sampler needs."""
+    official = load_config(files=[REF / "config_infer.json"]).generate
+    ours = preset(name).generate
+    same = ("output_size", "spacing", "anatomy", "body_region", "decode_window", "decode_overlap", "guidance")
+    assert {k: getattr(ours, k) for k in same} == {k: getattr(official, k) for k in same}
+    assert ours.anatomy == ("lung tumor",) and ours.steps == (1000 if name == "ddpm-ct" else 30)
+
+
+def test_anatomy_none_clears_the_presets_anatomy():
+    from maisi.cli.generate import overlay_from_args
+    from maisi.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--anatomy", "none"])
+    assert overlay_from_args(args)["generate"]["anatomy"] == []
+    args = build_parser().parse_args(["generate", "--anatomy", "liver", "hepatic tumor"])
+    assert overlay_from_args(args)["generate"]["anatomy"] == ["liver", "hepatic tumor"]
+
+
 @pytest.mark.parametrize(
     "fname,task",
     [

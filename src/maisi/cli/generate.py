@@ -75,7 +75,11 @@ def register(subparsers) -> None:
     g.add_argument("--spacing", nargs=3, type=float, metavar=("SX", "SY", "SZ"), help="voxel size in mm")
     g.add_argument("--body-region", nargs="+", metavar="REGION", help="head, chest, abdomen, lower")
     g.add_argument(
-        "--anatomy", nargs="+", metavar="NAME", help="anatomy the mask must contain (label_dict names)"
+        "--anatomy",
+        nargs="+",
+        metavar="NAME",
+        help="anatomy a database mask must contain (label_dict names; official CT presets: 'lung tumor', as in the "
+        "official config_infer.json); 'none' asks for none (and so for a mask without tumours)",
     )
     g.add_argument(
         "--organ-size",
@@ -174,6 +178,8 @@ def _number_or_text(value: str) -> float | str:
 def overlay_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options the user gave, as a config overlay."""
     gen: dict[str, Any] = {f: getattr(args, a) for a, f in _FIELDS.items() if getattr(args, a) is not None}
+    if args.anatomy is not None and [a.lower() for a in args.anatomy] == ["none"]:
+        gen["anatomy"] = []
     if args.organ_size is not None:
         gen["organ_sizes"] = parse_organ_sizes(args.organ_size)
     if args.demographics is not None:

@@ -24,9 +24,14 @@ from maisi.config.schema import (
 from maisi.errors import ConfigError
 
 
+#: the official ``config_infer.json`` request: a chest mask holding a lung tumour (database retrieval keeps only
+#: candidates holding every listed anatomy and no unlisted tumour), 256^3 at 1.5 x 1.5 x 2 mm
+OFFICIAL_CT_REQUEST = dict(body_region=("chest",), anatomy=("lung tumor",))
+
+
 def rflow_ct() -> Config:
-    """Official MAISI v2 rectified-flow CT model (``config_network_rflow.json``)."""
-    return Config(preset="rflow-ct")
+    """Official MAISI v2 rectified-flow CT model (``config_network_rflow.json``), the official default request."""
+    return Config(preset="rflow-ct", generate=GenerateConfig(**OFFICIAL_CT_REQUEST))
 
 
 def ddpm_ct() -> Config:
@@ -44,7 +49,7 @@ def ddpm_ct() -> Config:
         scheduler=SchedulerConfig(kind="ddpm"),
         include_body_region=True,
     )
-    return Config(preset="ddpm-ct", model=model, generate=GenerateConfig(steps=1000))
+    return Config(preset="ddpm-ct", model=model, generate=GenerateConfig(steps=1000, **OFFICIAL_CT_REQUEST))
 
 
 #: official image-only decode of ``scripts/diff_model_infer.py`` (NV-Generate-CTMR): a sliding window of 80^3 latent
