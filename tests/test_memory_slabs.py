@@ -51,8 +51,9 @@ def test_row_ranges_cover_every_row_once():
             assert len(ranges) == min(slabs, rows)
 
 
-def test_group_moments_merge_slabs_exactly():
-    x = _randn(1, 8, 9, 5, 4) * 3 + 100  # a large mean against the spread
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])  # torch's; the CPU kernel's
+def test_group_moments_merge_slabs_exactly(fmt):
+    x = (_randn(1, 8, 9, 5, 4) * 3 + 100).contiguous(memory_format=fmt)  # a large mean against the spread
     mean, var = group_moments(x, 4, row_ranges(9, 4))
     groups = x.double().reshape(4, -1)
     expected_mean = groups.mean(1).repeat_interleave(2)

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maisi.performance.layout import channel_sums, normalise_channels
+
 # ------------------------------------------------------------------------------------------------ geometry
 
 
@@ -136,7 +138,8 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 def group_moments(x: torch.Tensor, num_groups: int, ranges: Sequence[tuple[int, int]]):
     """Per-channel mean and variance of ``x`` (1, C, ...) under group normalisation: the group's moments,
-    accumulated slab by slab (per-channel ``var_mean`` in float32 on the slab, merged in float64).
+    accumulated slab by slab (per-channel sums in float64 by the CPU group-norm kernel, or ``var_mean`` in float32
+    elsewhere; the slabs' moments merged in float64).
 
     Returns:
         ``(mean, var)``, each (C,) float32 on ``x``'s device: every channel carries its group's values.
@@ -147,9 +150,14 @@ def group_moments(x: torch.Tensor, num_groups: int, ranges: Sequence[tuple[int, 
     m2 = torch.zeros_like(mean)
     for a, b in ranges:
         part = x[:, :, a:b]
-        var_c, mean_c = torch.var_mean(part.float(), dim=(0, 2, 3, 4), correction=0)
-        n = part[0, 0].numel()
-        mean_c, var_c = mean_c.double(), var_c.double()
+        n = part.shape[0] * part[0, 0].numel()
+        sums = channel_sums(part)
+        if sums is not None:  # channels-last float32 on a CPU: the kernel's float64 sums (one pass)
+            mean_c = sums[0].to(x.device) / n
+            var_c = (sums[1].to(x.device) / n - mean_c.square()).clamp_min(0.0)
+        else:
+            var_c, mean_c = torch.var_mean(part.float(), dim=(0, 2, 3, 4), correction=0)
+            mean_c, var_c = mean_c.double(), var_c.double()
         # Chan et al.: merge (count, mean, M2) of the slabs seen so far with this slab's
         delta = mean_c - mean
         total = count + n
@@ -169,9 +177,16 @@ def _normalise(
 ) -> torch.Tensor:
     """Group norm of a slab with the whole tensor's moments (batch norm over them is the same function)."""
     mean, var = moments
-    y = F.batch_norm(
-        x if dtype is None else x.to(dtype), mean, var, norm.weight, norm.bias, False, 0.0, norm.eps
-    )
+    x = x if dtype is None else x.to(dtype)
+    if x.device.type == "cpu":  # channels-last float32: one fused pass of the group-norm kernel
+        scale = torch.rsqrt(var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.detach()
+        shift = norm.bias.detach() if norm.bias is not None else torch.zeros_like(mean)
+        y = normalise_channels(x, mean, scale, shift, silu=silu)
+        if y is not None:
+            return y
+    y = F.batch_norm(x, mean, var, norm.weight, norm.bias, False, 0.0, norm.eps)
     if silu:
         F.silu(y, inplace=True)
     return y
