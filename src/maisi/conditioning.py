@@ -27,22 +27,41 @@ CONTROL_BITS = 8
 INPUT_SCALE = 1e2
 
 
-def binarize_labels(label: torch.Tensor, bits: int = CONTROL_BITS) -> torch.Tensor:
-    """Bit planes of a label map.
+def binarize_labels(
+    label: torch.Tensor, bits: int = CONTROL_BITS, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Bit planes of a label map, built from 1-byte ids (no int64 copy of the map).
 
     Args:
-        label: (B, 1, X, Y, Z) or (B, X, Y, Z) integer ids in ``[0, 2**bits)``.
+        label: (B, 1, X, Y, Z) or (B, X, Y, Z) integer ids in ``[0, 2**bits)`` (uint8 is used as it is; other
+            dtypes are narrowed to uint8 first, which keeps each id's low 8 bits, the bits the planes read).
+        dtype: of the planes (default float32; 0 and 1 are exact in every floating dtype).
 
     Returns:
-        (B, bits, X, Y, Z) float32, channel ``k`` = bit ``k`` of the id.
+        (B, bits, X, Y, Z) ``dtype``, channel ``k`` = bit ``k`` of the id, on ``label``'s device. Peak memory is the
+        planes plus two label-sized uint8 tensors.
     """
     if label.ndim == 5:
         if label.shape[1] != 1:
             raise ValueError(f"label must have one channel, got shape {tuple(label.shape)}")
         label = label[:, 0]
-    ids = label.long()
-    planes = [((ids >> k) & 1) for k in range(bits)]
-    return torch.stack(planes, dim=1).float()
+    ids = label_ids(label) if bits <= 8 else label.long()
+    planes = torch.empty((ids.shape[0], bits, *ids.shape[1:]), dtype=dtype, device=ids.device)
+    bit = torch.empty_like(ids)
+    for k in range(bits):
+        torch.bitwise_right_shift(ids, k, out=bit)
+        planes[:, k].copy_(bit.bitwise_and_(1))
+    return planes
+
+
+def label_ids(label: torch.Tensor) -> torch.Tensor:
+    """A label map as uint8 ids (1 byte per voxel): itself when it is uint8; integer ids keep their low 8 bits (as
+    the int64 bit planes read them); floating ids are truncated toward zero first (as ``.long()`` truncates)."""
+    if label.dtype == torch.uint8:
+        return label
+    if label.is_floating_point():
+        label = label.to(torch.int32)
+    return label.to(torch.uint8)
 
 
 def spacing_input(

@@ -58,7 +58,9 @@ def make_denoiser(
         uncond_context: context of the unconditional pass; default ``context``.
 
     Returns:
-        The closure; it does not change grad mode or the networks' train/eval state.
+        The closure; it does not change grad mode or the networks' train/eval state. It builds the conditioning
+        of a batch size once (the guided batch's concatenations included) and passes the same tensors at every
+        step: change a conditioning tensor in place after this call and the closure may not see it.
     """
     if (controlnet is None) != (control is None):
         raise ValueError("make_denoiser: controlnet and control must be given together")
@@ -101,16 +103,44 @@ def make_denoiser(
             unet_kwargs["mid_block_additional_residual"] = mid
         return unet(x=x, timesteps=t, **labels, **unet_kwargs)
 
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        common = {k: _batched(v, batch, k, x.device) for k, v in shared.items()}
-        c = {k: _batched(v, batch, k, x.device) for k, v in cond.items()}
+    # the networks' conditioning of a batch, built once per batch size and device (one kept; inference-mode tensors
+    # are kept apart from ordinary ones): every step passes the same tensor objects, so nothing image-sized is
+    # copied per step and the ControlNet's embedding memo (maisi.performance.control) matches by identity
+    prepared: dict[tuple[int, torch.device, bool], dict[str, Any]] = {}
+
+    def inputs(batch: int, device: torch.device) -> dict[str, Any]:
+        key = (batch, device, torch.is_inference_mode_enabled())
+        if key in prepared:
+            return prepared[key]
+        parts = _prepare(batch, device)
+        if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in parts.values()):
+            prepared.clear()  # (a conditioning with a graph is rebuilt per call: a kept graph would be reused)
+            prepared[key] = parts
+        return parts
+
+    def _prepare(batch: int, device: torch.device) -> dict[str, Any]:
+        common = {k: _batched(v, batch, k, device) for k, v in shared.items()}
+        c = {k: _batched(v, batch, k, device) for k, v in cond.items()}
         if guidance_scale == 0:
-            return forward(x, t, {**common, **c})
-        u = {k: _batched(v, batch, k, x.device) for k, v in uncond.items()}
+            return {**common, **c}
+        u = {k: _batched(v, batch, k, device) for k, v in uncond.items()}
         both = {k: None if v is None else torch.cat([v, v]) for k, v in common.items()}
-        both |= {k: None if c[k] is None else torch.cat([c[k], u[k]]) for k in c}
-        out_cond, out_uncond = forward(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+        for k in c:
+            if c[k] is None:
+                both[k] = None
+                continue
+            both[k] = torch.cat([c[k], u[k]])
+            # the concatenation holds both halves: keep views of it instead of the inputs (the ControlNet planes
+            # are then held once, not twice); a view is still a batch of ``batch`` (or 1) for later batch sizes
+            if c[k] is cond[k] and u[k] is uncond[k] and not both[k].requires_grad:
+                cond[k], uncond[k] = both[k][:batch], both[k][batch:]
+        return both
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        parts = inputs(x.shape[0], x.device)
+        if guidance_scale == 0:
+            return forward(x, t, parts)
+        out_cond, out_uncond = forward(torch.cat([x, x]), torch.cat([t, t]), parts).chunk(2)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
 
     return denoise

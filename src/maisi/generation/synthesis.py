@@ -20,6 +20,7 @@ import torch
 
 from maisi.conditioning import (
     binarize_labels,
+    label_ids,
     region_input,
     regions_for,
     spacing_input,
@@ -29,6 +30,7 @@ from maisi.data.intensity import is_mr
 from maisi.errors import RequestError, SamplingError
 from maisi.generation.masks.base import MaskSample
 from maisi.performance import Speedups, accelerate
+from maisi.performance.control import forget_cached_embeddings
 from maisi.runtime import compute_dtype
 
 
@@ -56,11 +58,8 @@ def build_denoiser(
 
     cfg = model_set.config
     paired = masks[0].label is not None
-    control = (
-        binarize_labels(torch.from_numpy(np.stack([m.label for m in masks]))[:, None]).to(device)
-        if paired
-        else None
-    )
+    planes = control_dtype(dtype)
+    control = _control([m.label for m in masks], device, planes) if paired else None
     spacing = torch.cat([spacing_input(m.spacing) for m in masks]).to(device)
     kwargs: dict[str, Any] = {"spacing": spacing}
     if cfg.unet.num_class_embeds is not None:
@@ -72,7 +71,7 @@ def build_denoiser(
     if guidance > 0 and paired:
         free = [without_tumors(m.label) for m in masks]
         if any(not np.array_equal(f, m.label) for f, m in zip(free, masks)):
-            kwargs["uncond_control"] = binarize_labels(torch.from_numpy(np.stack(free))[:, None]).to(device)
+            kwargs["uncond_control"] = _control(free, device, planes)
     try:
         base = make_denoiser(
             model_set["unet"],
@@ -90,6 +89,20 @@ def build_denoiser(
             return base(x, t).float()
 
     return denoise
+
+
+def control_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the ControlNet's bit planes for a compute dtype: the half dtype itself (under autocast the
+    embedding's first convolution casts its input to it anyway, and 0/1 are exact, so the numbers do not change;
+    half the bytes of float32), else float32."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _control(label_maps: Sequence[np.ndarray], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The bit planes ``(B, 8, X, Y, Z)`` of label maps, made on ``device`` from their uint8 ids (1 byte per voxel
+    on the host and in the transfer)."""
+    ids = torch.stack([label_ids(torch.from_numpy(np.asarray(m))) for m in label_maps])
+    return binarize_labels(ids.to(device), dtype=dtype)
 
 
 def synthesise(
@@ -140,16 +153,23 @@ def synthesise(
         dtype=compute_dtype(dtype),
         controlnet_scale=controlnet_scale,
     )
-    with accelerate(sampling_networks(model_set, codec), speedups, device=device):
-        with torch.inference_mode():
-            latent = sample(
-                denoiser,
-                scheduler,
-                noise.to(device, torch.float32),
-                num_steps=steps,
-                generator=list(step_generators) if step_generators else None,
-                progress=progress,
-            )
+    networks = sampling_networks(model_set, codec)
+    with accelerate(networks, speedups, device=device):
+        try:
+            with torch.inference_mode():
+                latent = sample(
+                    denoiser,
+                    scheduler,
+                    noise.to(device, torch.float32),
+                    num_steps=steps,
+                    generator=list(step_generators) if step_generators else None,
+                    progress=progress,
+                )
+        finally:
+            # the conditioning (ControlNet planes: 8 image-sized channels, twice with guidance) and its cached
+            # embedding are not held through the decode or into the next batch
+            del denoiser
+            forget_cached_embeddings(networks)
         _check_finite(latent, "the sampler's latent")
         _sync(device)
         t1 = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ class _CachedEmbedding(nn.Module):
     """Memo of a module whose output depends only on its input: the last two (input, output) pairs are kept.
 
     An input matches a kept one when it is the same tensor object or has the same shape, dtype and values; the kept
-    inputs are referenced (not copied), which is safe because the pipeline builds the conditioning once per run and
+    inputs are referenced (not copied), which is safe because the pipeline builds the conditioning once per batch and
     never changes it in place. The memo runs eagerly under ``torch.compile`` (a graph break), so what it keeps is an
     ordinary tensor, never one in a CUDA graph's memory pool.
     """
@@ -38,6 +38,10 @@ class _CachedEmbedding(nn.Module):
         out = self.inner(x)
         self.entries = [*self.entries[-1:], (x, out, state)]
         return out
+
+    def forget(self) -> None:
+        """Drop the kept pairs (the conditioning and its embedding, both at image resolution); ``hits`` stays."""
+        self.entries = []
 
 
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -73,4 +77,17 @@ def cached_control_embedding(module: nn.Module) -> Iterator[_CachedEmbedding | N
         module.controlnet_cond_embedding = inner
 
 
-__all__ = ["cached_control_embedding"]
+def forget_cached_embeddings(modules: Iterable[nn.Module | None]) -> int:
+    """Empty the memo of each module's cached conditioning embedding (the pipeline calls it after sampling each
+    batch, so a batch's conditioning and embedding are not held through its decode and into the next batch);
+    modules without one (``None`` entries too) pass. Returns how many memos were emptied."""
+    emptied = 0
+    for m in modules:
+        memo = getattr(m, "controlnet_cond_embedding", None) if m is not None else None
+        if isinstance(memo, _CachedEmbedding):
+            memo.forget()
+            emptied += 1
+    return emptied
+
+
+__all__ = ["cached_control_embedding", "forget_cached_embeddings"]
