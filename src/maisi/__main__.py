@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from maisi.cli import main
+from maisi.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -78,6 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+#: commands whose process fixes glibc's mmap threshold (:mod:`maisi.memory.allocator`): a long run of samples
+COMMANDS_FIXING_MALLOC = frozenset({"generate"})
+
+
+def console_main() -> int:
+    """The ``maisi`` program (console script, ``python -m maisi``): :func:`main` with the process-wide settings a
+    program, not a library call, decides: for ``generate``, glibc's mmap threshold fixed at 1 MiB, so the memory of
+    an N-sample run does not grow with N (``MAISI_MALLOC=default`` keeps glibc's defaults)."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in COMMANDS_FIXING_MALLOC:
+        from maisi.memory.allocator import fix_mmap_threshold
+
+        fix_mmap_threshold()
+    return main(argv)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every ``finally`` runs: temporary files are removed, sample claims
     released, nothing half-written is left."""
