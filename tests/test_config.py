@@ -34,17 +34,19 @@ def test_official_infer_file_maps_keys():
 @pytest.mark.parametrize("name", ["rflow-ct", "ddpm-ct"])
 def test_official_ct_presets_request_what_config_infer_requests(name):
     """The official CT presets' request is the official config_infer.json's (a chest mask holding a lung tumour,
-    256^3 at 1.5 x 1.5 x 2 mm, the 48^3 / 0.6666 decode), except the steps the ddpm sampler needs."""
+    256^3 at 1.5 x 1.5 x 2 mm), except the steps the ddpm sampler needs; the decode is left to the memory plan
+    (the official file's 48^3 / 0.6666 windows, loaded with it, are explicit settings)."""
     official = load_config(files=[REF / "config_infer.json"]).generate
     ours = preset(name).generate
-    same = ("output_size", "spacing", "anatomy", "body_region", "decode_window", "decode_overlap", "guidance")
+    same = ("output_size", "spacing", "anatomy", "body_region", "guidance")
     assert {k: getattr(ours, k) for k in same} == {k: getattr(official, k) for k in same}
+    assert ours.decode_window is None and ours.decode_overlap is None and ours.decode_splits is None
     assert ours.anatomy == ("lung tumor",) and ours.steps == (1000 if name == "ddpm-ct" else 30)
 
 
 def test_anatomy_none_clears_the_presets_anatomy():
-    from maisi.cli.generate import overlay_from_args
     from maisi.cli import build_parser
+    from maisi.cli.generate import overlay_from_args
 
     args = build_parser().parse_args(["generate", "--anatomy", "none"])
     assert overlay_from_args(args)["generate"]["anatomy"] == []
@@ -218,7 +220,9 @@ def test_official_2026_files_give_the_adagn_mask_generator_and_the_v2_keys():
     """The 2026 network file defines the AdaGN mask UNet and its rectified-flow scheduler under the v1 keys: they
     load as ``mask_unet_v2`` / ``mask_scheduler_v2`` (equal to the rflow-ct preset's), the v1 ones untouched; the
     v2 inference keys load into the request."""
-    cfg = load_config(files=[REF / "2026" / "config_network_rflow.json", REF / "2026" / "config_infer_v2.json"])
+    cfg = load_config(
+        files=[REF / "2026" / "config_network_rflow.json", REF / "2026" / "config_infer_v2.json"]
+    )
     m, ref = cfg.model, preset("rflow-ct").model
     assert m.mask_unet_v2.variant == "adagn" and m.mask_unet_v2.adagn_condition_dim == 19
     assert m.mask_unet_v2.adagn_context_embed_dim == 256 and m.mask_unet_v2.cross_attention_dim == 19

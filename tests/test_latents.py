@@ -177,7 +177,11 @@ def test_from_config_takes_scale_factor_and_windows(vae):
     cfg.model.vae.scale_factor = 0.8
     codec = LatentCodec.from_config(cfg, vae=vae)
     assert codec.scale_factor == 0.8 and codec.downsample == 4
-    assert codec.decode_window == tuple(cfg.generate.decode_window)
+    # no decode settings in the request (the memory plan's to choose): the codec's own, the official 48^3 / 0.6666
+    assert (codec.decode_window, codec.decode_overlap) == ((48, 48, 48), 0.6666)
+    cfg.generate.decode_window, cfg.generate.decode_overlap = (16, 16, 8), 0.25
+    codec = LatentCodec.from_config(cfg, vae=vae)
+    assert (codec.decode_window, codec.decode_overlap) == ((16, 16, 8), 0.25)
     assert codec.encode_window == tuple(cfg.data.encode_window)
     assert codec.latent_channels == 4
 

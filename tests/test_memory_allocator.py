@@ -35,7 +35,9 @@ print(libc.mallinfo2().hblks - before)
 
 
 def _probe(mode: str, **env: str) -> int:
-    clean = {k: v for k, v in os.environ.items() if k not in (allocator.GLIBC_VARIABLE, allocator.MAISI_VARIABLE)}
+    clean = {
+        k: v for k, v in os.environ.items() if k not in (allocator.GLIBC_VARIABLE, allocator.MAISI_VARIABLE)
+    }
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True, check=True
     )

@@ -84,12 +84,11 @@ def _synthesise(model_set, speedups, *, guidance=0.0, tumor=False):
     from maisi.generation.synthesis import synthesise
     from maisi.latents import LatentCodec
 
-    gen = preset("tiny").generate
     noise = randn((1, 4, *(n // 4 for n in SHAPE)), generator=[torch.Generator().manual_seed(3)])
     unit, _ = synthesise(
         model_set,
         scheduler_from_config(model_set.config.scheduler),
-        LatentCodec.from_model_set(model_set, decode_window=gen.decode_window, decode_overlap=gen.decode_overlap),
+        LatentCodec.from_model_set(model_set, decode_window=(16, 16, 16), decode_overlap=0.25),
         [_mask(tumor=tumor)],
         noise,
         steps=STEPS,

@@ -144,17 +144,18 @@ class LatentCodec:
     @classmethod
     def from_config(cls, cfg: Config, *, vae: nn.Module, component: str = "vae", **options) -> LatentCodec:
         """Codec for a :class:`maisi.config.Config`: scale factor and downsampling from ``cfg.model.<component>``
-        (``vae`` or ``mask_vae``), windows and overlaps from ``cfg.data`` (encode) and ``cfg.generate`` (decode);
-        ``options`` override."""
+        (``vae`` or ``mask_vae``), windows and overlaps from ``cfg.data`` (encode) and ``cfg.generate`` (decode,
+        where given; else the codec's defaults); ``options`` override."""
         vae_cfg = getattr(cfg.model, component)
         kwargs = dict(
             scale_factor=vae_cfg.scale_factor,
             downsample=vae_cfg.downsample,
-            decode_window=cfg.generate.decode_window,
-            decode_overlap=cfg.generate.decode_overlap,
             encode_window=cfg.data.encode_window,
             encode_overlap=cfg.data.encode_overlap,
         )
+        for key in ("decode_window", "decode_overlap"):
+            if getattr(cfg.generate, key) is not None:
+                kwargs[key] = getattr(cfg.generate, key)
         kwargs.update(options)
         return cls(vae=vae, **kwargs)
 

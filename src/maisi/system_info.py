@@ -97,6 +97,18 @@ def devices() -> list[dict[str, Any]]:
     return out
 
 
+def generate_defaults() -> dict[str, str]:
+    """What ``maisi generate --device auto --dtype auto`` resolves to here, and its default memory budget."""
+    from maisi.memory import available_memory, default_device, default_dtype, format_bytes
+
+    device = default_device()
+    return {
+        "device": device,
+        "dtype": default_dtype(device),
+        "max_memory": f"{format_bytes(available_memory(device))} (available now)",
+    }
+
+
 def installed_weights() -> dict[str, str]:
     """Known weight sets and where they are, with the flows each supports (or ``'not installed'``)."""
     from maisi.errors import MaisiError

@@ -47,6 +47,8 @@ _FIELDS = {
     "qc_retries": "qc_retries",
     "decode_window": "decode_window",
     "decode_overlap": "decode_overlap",
+    "decode_splits": "decode_splits",
+    "max_memory": "max_memory",
     "batch_size": "batch_size",
 }
 
@@ -127,13 +129,40 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, metavar="S")
     s.add_argument("--initial-noise", metavar="FILE", help="fixed initial latent (.pt, .npy or .safetensors)")
     s.add_argument(
-        "--decode-window", nargs=3, type=int, metavar=("X", "Y", "Z"), help="decode window (latent voxels)"
+        "--decode-window",
+        nargs=3,
+        type=int,
+        metavar=("X", "Y", "Z"),
+        help="decode window (latent voxels; default: the memory plan's, the whole latent where it fits; official "
+        "48 48 48)",
     )
-    s.add_argument("--decode-overlap", type=float, metavar="F")
+    s.add_argument(
+        "--decode-overlap", type=float, metavar="F", help="window overlap (default 0.4; official 0.6666)"
+    )
+    s.add_argument(
+        "--decode-splits",
+        type=int,
+        metavar="N",
+        help="slabs the VAE decoder runs in (default: fewest that fit)",
+    )
     s.add_argument("--batch-size", type=int, metavar="B", help="samples sampled together")
     r = p.add_argument_group("running and output")
-    r.add_argument("--device", metavar="cpu|cuda|mps")
-    r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    r.add_argument(
+        "--device",
+        metavar="auto|cpu|cuda|mps",
+        help="default auto: this process's GPU where CUDA is available",
+    )
+    r.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="default auto: float16 on a CUDA GPU (the official precision), float32 elsewhere",
+    )
+    r.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory the run may use on its device, e.g. 16GB (default: free GPU memory / available RAM); the "
+        "decode is planned to fit, a request that cannot is refused at once; --dry-run shows the plan",
+    )
     r.add_argument("--output-dir", metavar="DIR")
     r.add_argument("--qc-retries", type=int, metavar="N", help="new attempts when the quality check fails")
     r.add_argument("--no-qc", action="store_true", help="skip the organ median-HU quality check")
@@ -228,7 +257,7 @@ def open_export(gen: Any):
 
 
 def run(args: argparse.Namespace) -> int:
-    from maisi.generation import plan_generation, stream
+    from maisi.generation import describe_run, stream
 
     if args.preset is None and not args.config:
         from maisi.generation.weights import weights_preset
@@ -237,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         args.preset = weights_preset(args.weights or "demo")
     cfg = resolve_config(args, overlay_from_args(args))
     if args.dry_run:
-        print_config(cfg, plan=plan_generation(cfg).describe())
+        print_config(cfg, plan=describe_run(cfg))
         return 0
     report = _Report(
         cfg, verbose=args.verbose, exporter=open_export(cfg.generate)

@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print("devices:")
     for d in system_info.devices():
         print("  " + ", ".join(f"{k}={v}" for k, v in d.items()))
+    print("generate defaults (--device auto, --dtype auto, --max-memory):")
+    print("  " + ", ".join(f"{k}={v}" for k, v in system_info.generate_defaults().items()))
     print("cpu features:")
     print("  " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in system_info.cpu_flags().items()))
     print(f"native kernels (built into {build.cache_dir()}):")

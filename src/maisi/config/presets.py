@@ -23,7 +23,6 @@ from maisi.config.schema import (
 )
 from maisi.errors import ConfigError
 
-
 #: the official ``config_infer.json`` request: a chest mask holding a lung tumour (database retrieval keeps only
 #: candidates holding every listed anatomy and no unlisted tumour), 256^3 at 1.5 x 1.5 x 2 mm
 OFFICIAL_CT_REQUEST = dict(body_region=("chest",), anatomy=("lung tumor",))
@@ -50,11 +49,6 @@ def ddpm_ct() -> Config:
         include_body_region=True,
     )
     return Config(preset="ddpm-ct", model=model, generate=GenerateConfig(steps=1000, **OFFICIAL_CT_REQUEST))
-
-
-#: official image-only decode of ``scripts/diff_model_infer.py`` (NV-Generate-CTMR): a sliding window of 80^3 latent
-#: voxels with overlap 0.4 (hard-coded there; ``config_infer.json``'s 48^3 / 0.6666 apply to the paired flow)
-_IMAGE_ONLY_DECODE = {"decode_window": (80, 80, 80), "decode_overlap": 0.4}
 
 
 def _mr(name: str, *, generate: GenerateConfig, lr: float) -> Config:
@@ -85,7 +79,6 @@ def rflow_mr() -> Config:
             seed=0,
             mask_source="none",
             body_region=(),
-            **_IMAGE_ONLY_DECODE,
         ),
         lr=1e-4,
     )
@@ -107,7 +100,6 @@ def rflow_mr_brain() -> Config:
             seed=1234,
             mask_source="none",
             body_region=(),
-            **_IMAGE_ONLY_DECODE,
         ),
         lr=1e-5,
     )
@@ -176,15 +168,13 @@ def tiny() -> Config:
             val_every=50,
             grad_checkpointing=False,
         ),
-        generate=GenerateConfig(
-            output_size=(64, 64, 64), spacing=(3.0, 3.0, 3.0), decode_window=(16, 16, 16), decode_overlap=0.25
-        ),
+        generate=GenerateConfig(output_size=(64, 64, 64), spacing=(3.0, 3.0, 3.0)),
     )
 
 
 def demo() -> Config:
     """The shipped demo model set (``maisi/demo/``, trained by ``recipes/demo``): the ``tiny`` networks, trained on
-    128^3 phantoms at 3 mm and generating 128^3 volumes at 3 mm, decoded in one window."""
+    128^3 phantoms at 3 mm and generating 128^3 volumes at 3 mm."""
     cfg = tiny()
     return dataclasses.replace(
         cfg,
@@ -194,8 +184,6 @@ def demo() -> Config:
             output_size=(128, 128, 128),
             spacing=(3.0, 3.0, 3.0),
             body_region=("chest", "abdomen"),
-            decode_window=(32, 32, 32),
-            decode_overlap=0.25,
             # the small ControlNet under-drives organ contrast (kidneys, vertebrae); 1.25 raised the large-organ
             # Dice of generated pairs by ~0.02 with QC unchanged, 1.5-2 started failing QC (recipes/demo/README.md)
             controlnet_scale=1.25,

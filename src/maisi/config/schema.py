@@ -343,14 +343,24 @@ class GenerateConfig:
     seed: int = 0
     #: samples sampled together (equal to single runs up to float rounding)
     batch_size: int = 1
-    device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: ``auto``: this process's GPU where CUDA is available, else the CPU (``maisi.memory.default_device``)
+    device: str = "auto"
+    #: ``auto``: the official half precision (float16) on a CUDA GPU with tensor cores, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: memory the run may use on its device (``16GB``, ``512MB``; binary units); None: the free device memory
+    #: (CUDA) or the available RAM (CPU). The memory plan (``maisi.memory``) fits the decode into it.
+    max_memory: str | None = None
     weights: str = "demo"
     output_dir: str = "output"
     image_ext: str = ".nii.gz"
     label_ext: str = ".nii.gz"
-    decode_window: IntTriple = (48, 48, 48)
-    decode_overlap: float = 0.6666
+    #: decode window in latent voxels; None: the memory plan's (the whole latent in one pass where it fits,
+    #: else the fewest, largest windows). The official setting is 48^3 at overlap 0.6666.
+    decode_window: IntTriple | None = None
+    #: overlap of decode windows; None: the plan's (0.4)
+    decode_overlap: float | None = None
+    #: slabs the VAE decoder runs in along X (``maisi.memory.slabs``); None: the fewest that fit the budget
+    decode_splits: int | None = None
     qc: bool = True
     qc_retries: int = 2
     initial_noise: str | None = None

@@ -20,7 +20,7 @@ from maisi.generation.masks import (
     make_mask_source,
 )
 from maisi.generation.pipeline import Sample, generate, stream
-from maisi.generation.plan import Plan, plan_generation
+from maisi.generation.plan import Plan, describe_run, plan_generation
 from maisi.generation.request import validate_request
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "PhantomMaskSource",
     "Plan",
     "Sample",
+    "describe_run",
     "generate",
     "plan_generation",
     "stream",

@@ -28,42 +28,16 @@ import torch
 from maisi.config.schema import Config
 from maisi.data.intensity import unit_to_output
 from maisi.generation.masks import MaskSample, MaskSource, make_mask_source
-from maisi.generation.plan import Plan, plan_generation
+from maisi.generation.plan import Plan, plan_generation, with_mask_grid
+from maisi.generation.sample import Sample
 from maisi.generation.seeds import derive_seed, torch_generator
 from maisi.generation.sidecar import Outcome, build_sidecar
 from maisi.generation.synthesis import sampling_networks, synthesise
+from maisi.memory import applied
 from maisi.performance import Speedups, accelerate, dtype_warning
 from maisi.runtime import compute_dtype
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Sample:
-    """One generated image/label pair.
-
-    Attributes:
-        index: sample index (its seed derives from it).
-        image: (X, Y, Z) int16 HU (CT; float32 in [0, 1] for other modalities); None once written by a stream
-            that does not keep arrays.
-        label: (X, Y, Z) uint8 MAISI ids as written (``keep_only`` applied).
-        condition: (X, Y, Z) uint8 the full label map the image was generated from.
-        affine: (4, 4) RAS voxel -> world (mm).
-        spacing: voxel size (mm).
-        metadata: the sidecar content (parameters, seeds, weights, timings, QC, organ sizes).
-        paths: written files by kind (empty when not written).
-        unit: (X, Y, Z) float32 image in [0, 1] before rounding to HU (when ``return_unit``).
-    """
-
-    index: int
-    image: np.ndarray | None
-    label: np.ndarray | None
-    condition: np.ndarray | None
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-    metadata: dict[str, Any]
-    paths: dict[str, str] = field(default_factory=dict)
-    unit: np.ndarray | None = None
 
 
 @dataclass
@@ -136,14 +110,16 @@ def stream(
     from maisi.generation.outputs import BackgroundWriter, write_run_config
     from maisi.generation.weights import describe_model_set
 
-    known = describe_model_set(model_set) if model_set is not None else None
-    plan = plan_generation(
-        cfg, weights=known, mask_source=getattr(mask_source, "name", None), indices=indices
-    )
+    known, nets = (None, None) if model_set is None else (describe_model_set(model_set), model_set.config)
+    source_name = getattr(mask_source, "name", None)
+    plan = plan_generation(cfg, weights=known, mask_source=source_name, indices=indices, model_cfg=nets)
     todo = list(plan.indices)
     if write:  # the output folder is checked before any network is loaded
         todo = check_outputs(plan, todo)
     run = _start(plan, cfg, model_set, initial_noise, mask_source, progress, speedups or Speedups())
+    plan = run.plan  # with the memory plan of a user mask's own grid
+    if plan.process.is_main:
+        log.info("maisi generate: %s", plan.memory.summary())
     if write:
         write_run_config(cfg, plan.request.output_dir)
     slow = dtype_warning(run.device, plan.request.dtype)
@@ -156,7 +132,10 @@ def stream(
     )
     # one speed-up block for the whole run: networks are prepared (layouts, Winograd kernels) once, not per batch
     try:
-        with accelerate(sampling_networks(run.model_set, run.codec), run.speedups, device=run.device):
+        with (
+            accelerate(sampling_networks(run.model_set, run.codec), run.speedups, device=run.device),
+            applied(plan.memory, run.model_set, device=run.device),
+        ):
             for start in range(0, len(todo), plan.request.batch_size):
                 batch = todo[start : start + plan.request.batch_size]
                 if write:  # samples another run has claimed (or finished meanwhile) are left to it
@@ -180,7 +159,8 @@ def _start(
     progress: bool,
     speedups: Speedups,
 ) -> _Run:
-    """Read the masks and the fixed noise, then load the networks the plan names."""
+    """Read the masks and the fixed noise, plan the memory of a user mask's grid, then load the networks the plan
+    names and set them up as the memory plan says."""
     from maisi.diffusion import scheduler_from_config
     from maisi.generation.noise import load_noise
     from maisi.generation.weights import check_model_keys, load_weights
@@ -197,18 +177,21 @@ def _start(
     )
     if source is None and plan.mask_source != "model":
         source = make()  # masks are read and checked before the (possibly large) weights are loaded
+    # a user mask on its own grid: planned (refused if it cannot fit) now, before any network is loaded
+    plan = with_mask_grid(plan, cfg, source, getattr(model_set, "config", None))
     if model_set is None:
         model_set = load_weights(plan.weights, components=plan.components, base=cfg.model, device=plan.device)
         check_model_keys(cfg, model_set, plan.components)
     for name in plan.components:
         if name in ("vae", "unet", "controlnet"):  # the mask networks go to the device in their own stage
             model_set[name].to(plan.device).eval()
-    if source is None:
-        source = make(model_set=model_set, device=plan.device, progress=progress)
+    if source is None:  # the mask model, decoding as the memory plan says
+        mask = plan.memory.mask_decode
+        decode = {} if mask is None else {"decode": mask.window, "overlap": mask.overlap}
+        source = make(model_set=model_set, device=plan.device, progress=progress, **decode)
     codec = LatentCodec.from_model_set(
         model_set,
-        decode_window=gen.decode_window,
-        decode_overlap=gen.decode_overlap,
+        **plan.memory.codec_options(),
         device=plan.device,
         dtype=compute_dtype(gen.dtype),
         progress=progress,

@@ -1,13 +1,17 @@
 """The plan of a generation run: everything decided once, before any network is loaded or any voxel sampled.
 
 :func:`plan_generation` validates the request, resolves the device and this process's share of the samples,
-inspects the weights folder (without loading it), chooses the mask source and the networks it needs. The plan is
-data: ``maisi generate --dry-run`` prints it beside the resolved config, and every sidecar records the parts that
-determine a sample (the request digest).
+inspects the weights folder (without loading it), chooses the mask source and the networks it needs, the device
+and precision (``auto``: the GPU in half precision where there is one), and the memory plan
+(:func:`maisi.memory.plan_memory`: each stage's estimate, the decode that fits ``max_memory``; a request that
+cannot fit is refused here, before anything is loaded). The plan is data: ``maisi generate --dry-run`` prints it
+beside the resolved config, and every sidecar records the parts that determine a sample (the request digest) and
+the memory plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -15,16 +19,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maisi.config.schema import Config, GenerateConfig
-from maisi.generation.masks.choice import check_source, choose_source_kind, mask_generator
+from maisi.generation.masks.choice import (
+    check_source,
+    choose_source_kind,
+    make_mask_source,
+    mask_generator,
+)
 from maisi.generation.masks.file import LabelReading
 from maisi.generation.mr import check_modality_weights, image_only_for_mr
 from maisi.generation.request import check_body_region, modality_id, validate_request
 from maisi.generation.seeds import shard
-from maisi.generation.weights import IMAGE_COMPONENTS, WeightsInfo, inspect_weights
+from maisi.generation.weights import IMAGE_COMPONENTS, WeightsInfo, inspect_weights, network_configs
+from maisi.memory import MemoryPlan, default_device, default_dtype, parse_memory, plan_memory
 from maisi.runtime import ProcessEnv, process_env, resolve_device
 
 #: request keys that do not change what a sample is (left out of the request digest)
-NOT_IDENTITY = ("output_dir", "num_samples", "device", "preview", "batch_size", "export")
+NOT_IDENTITY = (
+    "output_dir",
+    "num_samples",
+    "device",
+    "preview",
+    "batch_size",
+    "export",
+    "max_memory",
+    "decode_splits",
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +51,7 @@ class Plan:
     """What one ``generate`` call will do.
 
     Attributes:
-        request: the validated request (``cfg.generate``).
+        request: the validated request (``cfg.generate``, with ``device`` and ``dtype`` resolved).
         reading: how user label maps are read (``cfg.data``: ``label_set``, ``unknown_labels``, ``one_hot``).
         weights: the weights folder, inspected.
         device: where the networks run.
@@ -44,6 +63,7 @@ class Plan:
         keep_ids: MAISI ids written to the label file (empty: all).
         warnings: what validation found (field of view, size), said once per run.
         process: this process's place in a torchrun launch.
+        memory: the memory plan (None until the grid is known: a user mask kept on its own grid is read first).
     """
 
     request: GenerateConfig
@@ -58,6 +78,7 @@ class Plan:
     keep_ids: tuple[int, ...]
     warnings: tuple[str, ...] = ()
     process: ProcessEnv = field(default_factory=ProcessEnv)
+    memory: MemoryPlan | None = None
 
     def weights_identity(self) -> dict[str, Any]:
         return self.weights.identity(self.components)
@@ -79,6 +100,7 @@ class Plan:
         return {
             "weights": {"path": str(self.weights.root), "layout": self.weights.layout},
             "device": self.device,
+            "dtype": self.request.dtype,
             "mask_source": self.mask_source,
             "components": list(self.components),
             "samples": list(self.indices),
@@ -86,7 +108,32 @@ class Plan:
             "world_size": self.process.world_size,
             "modality_id": self.modality,
             "warnings": list(self.warnings),
+            "memory": self.memory.describe() if self.memory is not None else None,
         }
+
+    def with_memory(self, model_cfg: Any, grid: Sequence[int] | None = None) -> Plan:
+        """This plan with its memory plan for ``grid`` (default the requested output size), decided from the
+        networks' configs ``model_cfg``; its warnings join the plan's.
+
+        Raises:
+            RequestError: the request cannot fit ``max_memory`` (one line: the estimate, the stage, the budget).
+        """
+        gen = self.request
+        if grid is not None:
+            gen = dataclasses.replace(gen, output_size=tuple(int(n) for n in grid))
+        memory = plan_memory(
+            model_cfg,
+            gen,
+            budget_bytes=parse_memory(gen.max_memory) if gen.max_memory is not None else None,
+            device=self.device,
+            components=self.components,
+            decode_window=gen.decode_window,
+            decode_overlap=gen.decode_overlap,
+            num_splits=gen.decode_splits,
+            mask_source=self.mask_source,
+        )
+        warnings = tuple(dict.fromkeys([*self.warnings, *memory.warnings]))
+        return dataclasses.replace(self, memory=memory, warnings=warnings)
 
 
 def plan_generation(
@@ -95,6 +142,7 @@ def plan_generation(
     weights: WeightsInfo | None = None,
     mask_source: str | None = None,
     indices: Sequence[int] | None = None,
+    model_cfg: Any = None,
 ) -> Plan:
     """Decide a run from a resolved config; raises a one-line :class:`~maisi.errors.MaisiError` on bad input.
 
@@ -105,6 +153,8 @@ def plan_generation(
             inspected.
         mask_source: the name of a custom mask source that replaces the request's.
         indices: which samples to make (default all ``num_samples``); this process takes its share.
+        model_cfg: the networks' configs, when already loaded (default: read from the weights' config files, or
+            ``cfg.model`` for official files).
     """
     gen = cfg.generate
     info = weights or inspect_weights(gen.weights)  # reads config files only
@@ -114,7 +164,8 @@ def plan_generation(
     checked = validate_request(gen, check_grid=not (kind == "file" and not gen.fit_mask))
     checked.warnings += mr_warnings
     process = process_env()
-    device = resolve_device(gen.device, process.local_rank)
+    device = resolve_device(default_device() if gen.device == "auto" else gen.device, process.local_rank)
+    dtype = default_dtype(device) if gen.dtype == "auto" else gen.dtype
     if mask_source is None:
         check_source(kind, gen, info)
     reading = LabelReading(str(cfg.data.label_set), cfg.data.unknown_labels, cfg.data.one_hot)
@@ -126,8 +177,8 @@ def plan_generation(
     if kind == "none":
         components = tuple(c for c in IMAGE_COMPONENTS if c != "controlnet")
     wanted = range(gen.num_samples) if indices is None else indices
-    return Plan(
-        request=gen,
+    plan = Plan(
+        request=dataclasses.replace(gen, device=str(device), dtype=dtype),
         reading=reading,
         weights=info,
         device=str(device),
@@ -140,3 +191,32 @@ def plan_generation(
         warnings=tuple(checked.warnings),
         process=process,
     )
+    if kind == "file" and not gen.fit_mask:
+        return (
+            plan  # the grid is the mask's own: planned once the mask is read (before any network is loaded)
+        )
+    if model_cfg is None:
+        model_cfg = network_configs(info, components=components, base=cfg.model)
+    return plan.with_memory(model_cfg)
+
+
+def describe_run(cfg: Config) -> dict[str, Any]:
+    """The plan of a run as ``maisi generate --dry-run`` prints it, memory plan included: a user mask kept on its
+    own grid is read for that grid; no network is loaded."""
+    plan = plan_generation(cfg)
+    if plan.memory is None:
+        source = make_mask_source("file", plan.request, weights=plan.weights, reading=plan.reading)
+        plan = with_mask_grid(plan, cfg, source)
+    return plan.describe()
+
+
+def with_mask_grid(plan: Plan, cfg: Config, source: Any, model_cfg: Any = None) -> Plan:
+    """``plan`` with the memory plan of a user mask's own grid (``source.sample``), where it still has none.
+
+    Args:
+        model_cfg: the networks' configs when loaded (default: read from the weights' config files).
+    """
+    if plan.memory is not None:
+        return plan
+    nets = model_cfg or network_configs(plan.weights, components=plan.components, base=cfg.model)
+    return plan.with_memory(nets, grid=source.sample.shape)

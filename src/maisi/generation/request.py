@@ -206,11 +206,18 @@ def validate_request(gen: GenerateConfig, *, check_grid: bool = True) -> Checked
         raise RequestError(f"controlnet_scale must be > 0, got {gen.controlnet_scale}")
     if gen.qc_retries < 0:
         raise RequestError(f"qc_retries must be >= 0, got {gen.qc_retries}")
-    compute_dtype(gen.dtype)
-    if not 0.0 <= gen.decode_overlap < 1.0:
+    if gen.dtype != "auto":
+        compute_dtype(gen.dtype)
+    if gen.max_memory is not None:
+        from maisi.memory import parse_memory
+
+        parse_memory(gen.max_memory)
+    if gen.decode_overlap is not None and not 0.0 <= gen.decode_overlap < 1.0:
         raise RequestError(f"decode_overlap must be in [0, 1), got {gen.decode_overlap}")
-    if any(int(w) < 1 for w in gen.decode_window):
+    if gen.decode_window is not None and any(int(w) < 1 for w in gen.decode_window):
         raise RequestError(f"decode_window must be positive, got {list(gen.decode_window)}")
+    if gen.decode_splits is not None and gen.decode_splits < 1:
+        raise RequestError(f"decode_splits must be >= 1, got {gen.decode_splits}")
     for ext, key in ((gen.image_ext, "image_ext"), (gen.label_ext, "label_ext")):
         if ext not in (".nii.gz", ".nii"):
             raise RequestError(f"{key} must be '.nii.gz' or '.nii', got {ext!r}")

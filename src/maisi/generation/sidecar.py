@@ -108,6 +108,7 @@ def build_sidecar(o: Outcome, *, plan: Any, run: dict[str, Any]) -> dict[str, An
         "timings_s": o.timings,
         "device": plan.device,
         "dtype": gen.dtype,
+        "memory": plan.memory.describe() if plan.memory is not None else None,
         "rank": plan.process.rank,
         "world_size": plan.process.world_size,
         "warnings": list(o.warnings),

@@ -191,24 +191,33 @@ def load_weights(
         base: network config for official files (a :class:`~maisi.config.schema.ModelConfig`); ignored for
             maisi folders, whose config travels with the weights, and when it is of another official variant.
     """
-    from maisi.config.presets import preset
     from maisi.networks.model_set import load_model_set
 
     if not isinstance(info, WeightsInfo):
         info = inspect_weights(info)
-    if info.layout == "official" and base is not None:
-        other = preset(info.variant).model
-        if (
-            base.include_body_region != other.include_body_region
-            or base.scheduler.kind != other.scheduler.kind
-        ):
-            base = None  # a base config of the other variant would not match the files
     return load_model_set(
-        info.root,
-        components=list(components),
-        base=base if info.layout == "official" else None,
-        device=device,
+        info.root, components=list(components), base=_official_base(info, base), device=device
     )
+
+
+def network_configs(info: WeightsInfo, *, components: Iterable[str], base: Any = None):
+    """The :class:`~maisi.config.schema.ModelConfig` :func:`load_weights` would load, from config files alone."""
+    from maisi.networks.model_set import read_model_config
+
+    return read_model_config(info.root, components=list(components), base=_official_base(info, base))
+
+
+def _official_base(info: WeightsInfo, base: Any) -> Any:
+    """The base network config official files are read with: ``base``, unless it is of another official variant
+    (it would not match the files) or the folder is maisi's (its networks travel with it)."""
+    from maisi.config.presets import preset
+
+    if info.layout != "official" or base is None:
+        return None
+    other = preset(info.variant).model
+    if base.include_body_region != other.include_body_region or base.scheduler.kind != other.scheduler.kind:
+        return None
+    return base
 
 
 def check_model_keys(cfg: Any, model_set: Any, components: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ once (:class:`~maisi.errors.RequestError`, one line with the estimate and the bu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from maisi.errors import RequestError
-from maisi.memory.budget import available_memory, format_bytes
+from maisi.memory.budget import available_memory, default_dtype, format_bytes
 from maisi.memory.estimate import (
     DecodeSettings,
     Request,
@@ -94,9 +95,10 @@ class MemoryPlan:
         return self.decode.num_splits
 
     def codec_options(self) -> dict[str, Any]:
-        """Keyword arguments for :meth:`maisi.latents.LatentCodec.from_model_set` (image VAE)."""
+        """Keyword arguments for :meth:`maisi.latents.LatentCodec.from_model_set` (image VAE); the window as given
+        (the codec tiles when the latent has more voxels than the window, as the official sliding window does)."""
         return {
-            "decode_window": self.decode_window,
+            "decode_window": tuple(self.decode.window),
             "decode_overlap": self.decode_overlap,
             "output_device": self.decode.output_device,
         }
@@ -167,6 +169,8 @@ def plan_memory(
         "cpu" if str(device).startswith("cpu") else "cuda" if str(device).startswith("cuda") else str(device)
     )
     budget = int(budget_bytes) if budget_bytes is not None else available_memory(device)
+    if getattr(request, "dtype", None) == "auto":  # as the generation plan resolves it
+        request = dataclasses.replace(request, dtype=default_dtype(device))
     req = Request.of(request, components, mask_source)
     d = model_cfg.vae.downsample
     bad = [s for s in req.output_size if s % d]

@@ -150,6 +150,14 @@ def read_component_config(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def network_config(directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Any:
+    """The network config a component folder declares (its ``config.json``; no weights are read)."""
+    d = Path(directory)
+    meta = read_component_config(d) if meta is None else meta
+    cfg_cls = type(component_config(meta["component"], ModelConfig()))
+    return build_dataclass(cfg_cls, meta.get("config", {}), f"{d / CONFIG_NAME}: config")
+
+
 def load_component(
     directory: str | os.PathLike, *, device: str | torch.device = "cpu", fast: bool = True
 ) -> Component:
@@ -159,9 +167,7 @@ def load_component(
 
     d = Path(directory)
     meta = read_component_config(d)
-    name = meta["component"]
-    cfg_cls = type(component_config(name, ModelConfig()))
-    cfg = build_dataclass(cfg_cls, meta.get("config", {}), f"{d / CONFIG_NAME}: config")
+    name, cfg = meta["component"], network_config(d, meta)
     model_cfg = dataclasses.replace(ModelConfig(), **{name: cfg})
     model = build(name, model_cfg, fast=fast)
     weights = d / WEIGHTS_NAME

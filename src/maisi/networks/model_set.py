@@ -21,7 +21,13 @@ from maisi.config.schema import ModelConfig
 from maisi.errors import CheckpointError
 from maisi.io import read_json
 from maisi.networks.builders import COMPONENTS
-from maisi.networks.checkpoint import CONFIG_NAME, Component, load_component, save_component
+from maisi.networks.checkpoint import (
+    CONFIG_NAME,
+    Component,
+    load_component,
+    network_config,
+    save_component,
+)
 from maisi.networks.official import load_official_components, official_dir, official_variant
 
 
@@ -64,21 +70,51 @@ def _load_maisi_components(
     d: Path, cfg: ModelConfig, *, wanted: list[str] | None, device: str | torch.device, fast: bool
 ) -> tuple[ModelConfig, dict[str, Component]]:
     loaded: dict[str, Component] = {}
-    for name in COMPONENTS:
-        sub = d / name
-        if (wanted is None and (sub / CONFIG_NAME).is_file()) or (wanted is not None and name in wanted):
-            loaded[name] = load_component(sub, device=device, fast=fast)
-            cfg = dataclasses.replace(cfg, **{name: loaded[name].config})
+    for name in _present(d, wanted):
+        loaded[name] = load_component(d / name, device=device, fast=fast)
+        cfg = dataclasses.replace(cfg, **{name: loaded[name].config})
+    return _with_model_facts(d, cfg, loaded), loaded
+
+
+def _present(d: Path, wanted: list[str] | None) -> list[str]:
+    """The components to load: every one with a folder, or the wanted ones."""
+    if wanted is None:
+        return [n for n in COMPONENTS if (d / n / CONFIG_NAME).is_file()]
+    return [n for n in COMPONENTS if n in wanted]
+
+
+def _with_model_facts(d: Path, cfg: ModelConfig, own: Iterable[str]) -> ModelConfig:
+    """Model-level facts (schedulers, scale factors, mask latent shape) saved by :func:`save_model_set`; the
+    configs of the components in ``own`` come from their own folders, the rest (a VAE's scale factor when only its
+    UNet is loaded) from here."""
     top = d / CONFIG_NAME
-    if (
-        top.is_file()
-    ):  # model-level facts (schedulers, scale factors, mask latent shape) saved by save_model_set
-        meta = read_json(top, error=CheckpointError, what="model-set config")
-        # the loaded components' configs come from their own folders; the rest (a VAE's scale factor when only
-        # its UNet is loaded) from here
-        model_meta = {k: v for k, v in meta.get("model", {}).items() if k not in loaded}
-        cfg = build_dataclass(ModelConfig, model_meta, f"{top}: model", base=cfg)
-    return cfg, loaded
+    if not top.is_file():
+        return cfg
+    meta = read_json(top, error=CheckpointError, what="model-set config")
+    own = set(own)
+    model_meta = {k: v for k, v in meta.get("model", {}).items() if k not in own}
+    return build_dataclass(ModelConfig, model_meta, f"{top}: model", base=cfg)
+
+
+def read_model_config(
+    directory: str | os.PathLike,
+    *,
+    components: Iterable[str] | None = None,
+    base: ModelConfig | None = None,
+) -> ModelConfig:
+    """The :class:`ModelConfig` :func:`load_model_set` would build, from the config files alone (no weights read,
+    no network built): what plans a run before its networks are loaded."""
+    d = Path(directory)
+    if detect_layout(d) != "maisi":
+        return base or preset(official_variant(d)).model
+    cfg = base or ModelConfig()
+    names = _present(d, None if components is None else list(components))
+    missing = [n for n in names if not (d / n / CONFIG_NAME).is_file()]
+    if missing:
+        raise CheckpointError(f"{d}: missing components {missing}")
+    for name in names:
+        cfg = dataclasses.replace(cfg, **{name: network_config(d / name)})
+    return _with_model_facts(d, cfg, names)
 
 
 def load_model_set(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from maisi import labels
@@ -105,6 +106,8 @@ def make_mask_source(
     reading: LabelReading = LabelReading(),
     device: str = "cpu",
     progress: bool = False,
+    decode: Sequence[int] | None = None,
+    overlap: float | None = None,
 ) -> MaskSource:
     """Build the mask source ``kind`` (checked by :func:`check_source`) for a request.
 
@@ -114,6 +117,8 @@ def make_mask_source(
         model_set: loaded weights (needed by the ``model`` source).
         weights: the weights folder (its mask database when the request names none; its mask generator).
         reading: how user label maps (a mask file, a database's masks) are read.
+        decode, overlap: the mask VAE's decode window (latent voxels) and overlap (the memory plan's); default
+            the mask model's own.
     """
     if kind == "file":
         if not gen.fit_mask:
@@ -152,8 +157,8 @@ def make_mask_source(
             generator=mask_generator(gen, weights),
             steps=gen.mask_steps,
             guidance=gen.mask_guidance,
-            decode_window=gen.decode_window,
-            decode_overlap=gen.decode_overlap,
+            **({} if decode is None else {"decode_window": tuple(decode)}),
+            **({} if overlap is None else {"decode_overlap": overlap}),
             device=device,
             progress=progress,
         )
