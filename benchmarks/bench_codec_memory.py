@@ -32,14 +32,15 @@ def _probe(args: argparse.Namespace) -> dict:
     import torch
 
     from maisi.config import preset
-    from maisi.latents import LatentCodec
+    from maisi.latents import OFFICIAL_DECODE_OVERLAP, OFFICIAL_DECODE_WINDOW, LatentCodec
     from maisi.networks import build_vae
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = preset(args.preset)
-    window = tuple(args.window or cfg.generate.decode_window)
-    overlap = cfg.generate.decode_overlap if args.overlap is None else args.overlap
+    window = tuple(args.window or cfg.generate.decode_window or OFFICIAL_DECODE_WINDOW)
+    overlap = args.overlap if args.overlap is not None else cfg.generate.decode_overlap
+    overlap = OFFICIAL_DECODE_OVERLAP if overlap is None else overlap
     device = torch.device(args.device)
     codec = LatentCodec.from_config(
         cfg, vae=build_vae(cfg.model.vae), decode_window=window, decode_overlap=overlap, device=device

@@ -206,6 +206,7 @@ def child_sampling(args, device) -> dict:
         nets["unet"], controlnet=nets["controlnet"], control=control, guidance_scale=args.guidance,
         uncond_control=uncond, **kwargs,
     )  # fmt: skip
+    del control, uncond  # as in generation: the denoiser holds the planes (under guidance, one concatenation)
     latent = tuple(s // cfg.model.vae.downsample for s in size)
     x = torch.randn(b, 4, *latent, generator=g).to(device)
     t = torch.full((b,), 500.0, device=device)

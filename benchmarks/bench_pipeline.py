@@ -160,6 +160,7 @@ def run_reference(args, cfg, nets, label, affine, noise, rec, out_dir: Path):
     for m in (nets.autoencoder, nets.diffusion_unet, nets.controlnet):
         m.to(device).eval()
     sys.path.insert(0, str(ROOT / "tests"))
+    from maisi.latents import OFFICIAL_DECODE_OVERLAP, OFFICIAL_DECODE_WINDOW
     from reference_pipeline import official_scheduler
 
     scheduler = official_scheduler("config_network_rflow.json")
@@ -179,7 +180,7 @@ def run_reference(args, cfg, nets, label, affine, noise, rec, out_dir: Path):
                 nets, scheduler, latents, args.loop_steps, control, spacing_tensor, modality
             )
         with Stage(rec, "decode", device):
-            image = reference_decode(nets, latents, gen.decode_window, gen.decode_overlap, device)
+            image = reference_decode(nets, latents, OFFICIAL_DECODE_WINDOW, OFFICIAL_DECODE_OVERLAP, device)
         with Stage(rec, "post", device):
             unit = torch.clip(image.float(), 0.0, 1.0)[0, 0]
             body = torch.as_tensor(label) != 0

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 #: MONAI's ``sigma_scale`` for Gaussian blending (official MAISI inference uses MONAI's default).
 SIGMA_SCALE = 0.125
+#: the official MAISI decode (``config_infer.json``'s ``autoencoder_sliding_window_infer_size`` / ``_overlap``): the
+#: codec's default; ``maisi generate`` decodes as its memory plan says instead (:mod:`maisi.memory`)
+OFFICIAL_DECODE_WINDOW = (48, 48, 48)
+OFFICIAL_DECODE_OVERLAP = 0.6666
 
 Window = tuple[int, ...]
 
@@ -107,8 +111,8 @@ class LatentCodec:
         *,
         vae: nn.Module,
         scale_factor: float,
-        decode_window: Sequence[int] = (48, 48, 48),
-        decode_overlap: float = 0.6666,
+        decode_window: Sequence[int] = OFFICIAL_DECODE_WINDOW,
+        decode_overlap: float = OFFICIAL_DECODE_OVERLAP,
         encode_window: Sequence[int] = (64, 64, 64),
         encode_overlap: float = 0.25,
         device: torch.device | str = "cpu",

@@ -50,9 +50,9 @@ FIRST_USE_CPU = 40 * 2**20
 WRITE_BYTES_PER_VOXEL = 4 + 4 + 2 + 1 + 1 + 2
 #: channels of the ControlNet conditioning (the label id's bit planes) and their bytes per voxel
 CONTROL_BITS = 8
-#: binarising a label map (:func:`maisi.conditioning.binarize_labels`): int64 ids, eight int64 planes and their
-#: stack, per voxel; then the float32 planes beside the stack
-BINARISE_BYTES_PER_VOXEL = 8 + 8 * CONTROL_BITS + 8 * CONTROL_BITS
+#: building a label map's planes (:func:`maisi.generation.synthesis.build_denoiser`): its uint8 ids and at most two
+#: uint8 temporaries of :func:`maisi.conditioning.binarize_labels`, per voxel, beside the planes themselves
+BINARISE_BYTES_PER_VOXEL = 1 + 2
 
 
 @dataclass(frozen=True)
@@ -365,11 +365,11 @@ def fixed_stages(
         stages.append(StageEstimate("mask model", sum(parts.values()), 0, parts))
     if not request.sampling:  # a decode-only run
         return stages
-    control = request.batch * CONTROL_BITS * voxels * 4 if request.control else 0
+    control = control_bytes(request)
     uncond = control if request.uncond_control else 0
     if request.control:
-        # the first map's float planes beside the second's int64 planes when guidance needs an unconditional map
-        spike = request.batch * voxels * BINARISE_BYTES_PER_VOXEL + uncond
+        # the first map's planes beside the second's while guidance builds an unconditional map
+        spike = request.batch * voxels * BINARISE_BYTES_PER_VOXEL + control + uncond
         parts = {"weights": resident["sampling"] if cpu else 0, "inputs": spike, **runtime}
         if cpu:
             parts["kernels"] = 0
@@ -377,10 +377,13 @@ def fixed_stages(
             StageEstimate("conditioning", sum(parts.values()) if cpu else 0, 0 if cpu else spike, parts)
         )
     activations, _ = sampling_activations(model_cfg, request)
+    # under guidance the denoiser keeps one concatenation [cond, uncond] of the planes (views replace the maps),
+    # which the traced steps hold already
+    planes = control if request.guidance <= 0 else 0
     parts = {
         "weights": resident["sampling"],
         "activations": activations,
-        "inputs": control + uncond + 4 * latents,
+        "inputs": planes + 4 * latents,
     }
     if cpu:
         parts["kernels"] = kernels["sampling"]
@@ -396,15 +399,18 @@ def fixed_stages(
     return stages
 
 
-def conditioning_held(request: Request) -> int:
-    """Bytes of ControlNet conditioning the run still holds while it decodes: the label map's planes (and the
-    unconditional ones), and under guidance the batch of both that the conditioning cache keeps."""
-    if not request.control or not request.sampling:
+def control_bytes(request: Request) -> int:
+    """Bytes of a batch's ControlNet planes: 8 per voxel, in the compute dtype when it is half, else float32."""
+    if not request.control:
         return 0
-    control = request.batch * CONTROL_BITS * request.voxels * 4
-    if request.guidance <= 0:
-        return control
-    return control * (2 if request.uncond_control else 1) + 2 * control  # + the cached guidance batch
+    return request.batch * CONTROL_BITS * request.voxels * (2 if request.half else 4)
+
+
+def conditioning_held(request: Request) -> int:
+    """Bytes of ControlNet conditioning the run still holds while it decodes: none, since
+    :func:`maisi.generation.synthesis.synthesise` drops the denoiser (its planes, the guided concatenation) and
+    empties the embedding memo before decoding."""
+    return 0
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from maisi.generation.grid import fit_to_grid, spacing_affine
 from maisi.generation.masks.base import MASK_MODEL_SPACING, MaskSample
 from maisi.generation.seeds import derive_seed, torch_generator
 from maisi.io import read_json
+from maisi.latents import OFFICIAL_DECODE_OVERLAP, OFFICIAL_DECODE_WINDOW
 
 #: completion of unspecified slots when no real size vectors are available: organs mid-range, no tumour
 DEFAULT_SIZE_VECTOR: tuple[float, ...] = (0.5,) * 5 + (labels.ABSENT_SIZE,) * 5
@@ -135,8 +136,8 @@ class ModelMaskSource:
         generator: str = "v1",
         steps: int | None = None,
         guidance: float = 2.0,
-        decode_window: Sequence[int] = (48, 48, 48),
-        decode_overlap: float = 0.6666,
+        decode_window: Sequence[int] = OFFICIAL_DECODE_WINDOW,
+        decode_overlap: float = OFFICIAL_DECODE_OVERLAP,
         size_conditions: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         progress: bool = False,
