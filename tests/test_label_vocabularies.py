@@ -65,7 +65,7 @@ def test_synonyms_reach_the_maisi_name(name, maisi):
         ("GTV", "lacking", None),
         ("pulmonary_artery", "lacking", None),
         ("Brainstem", "unknown", None),
-        ("Parotid_L", "unknown", None),
+        ("Parotid_L", "lacking", None),
         ("left and right kidney", "unknown", None),
     ],
 )
@@ -121,6 +121,49 @@ def test_subtasks_are_named_vocabularies():
     assert {e.maisi_id for e in body.entries.values()} == {labels.BODY}
     mr = builtin("totalsegmentator-total_mr")
     assert mr.entries[10].match.kind == "split" and mr.entries[50].maisi_id == ID["brain"]
+
+
+def test_the_subtasks_users_meet_are_read_by_their_names(tmp_path):
+    """TotalSegmentator's head, neck, limb, tissue, brain and liver-segment tasks (ids from 1 in each, so named,
+    never detected): parts merge into their MAISI organ, everything MAISI lacks is listed with its reason."""
+    import nibabel as nib
+    import numpy as np
+
+    from maisi.data.labelmaps import read_label_map
+
+    for task in ("liver_segments", "brain_structures", "ventricle_parts", "tissue_types", "appendicular_bones",
+                 "oculomotor_muscles", "head_glands_cavities", "headneck_bones_vessels", "headneck_muscles",
+                 "head_muscles", "thigh_shoulder_muscles", "face", "vertebrae_body", "coronary_arteries"):  # fmt: skip
+        assert f"totalsegmentator-{task}" in BUILTIN
+        vocabulary = builtin(f"totalsegmentator-{task}")
+        assert not [e.source_name for e in vocabulary.entries.values() if e.match.kind == "unknown"], task
+    liver = builtin("totalsegmentator-liver_segments")
+    assert {e.maisi_id for e in liver.entries.values()} == {ID["liver"]} and len(liver.entries) == 8
+    brain = builtin("totalsegmentator-brain_structures")
+    meanings = {e.source_name: brain.meaning(i) for i, e in brain.entries.items()}
+    assert meanings["ventricle"] == meanings["cerebellum"] == meanings["frontal_lobe"] == "brain"
+    assert "outside the brain parenchyma" in meanings["subarachnoid_space"]
+    parts = builtin("totalsegmentator-ventricle_parts")
+    assert {e.maisi_id for e in parts.entries.values()} == {ID["brain"]}
+    tissues = builtin("totalsegmentator-tissue_4_types")
+    assert {e.maisi_id for e in tissues.entries.values()} == {labels.BODY}
+    eyes = builtin("totalsegmentator-oculomotor_muscles")
+    assert eyes.entries[1].maisi_id == ID["skull"] and "no eye" in eyes.meaning(2)
+    assert "forearm, hand" in builtin("totalsegmentator-appendicular_bones").meaning(8)  # radius
+    # the brain's "ventricle" is read as brain only in the brain tasks: a heart's stays a heart's, a bare one unknown
+    assert (
+        match_name("ventricle").kind == "unknown"
+        and match_name("heart_ventricle_left").maisi_id == ID["heart"]
+    )
+    # a liver-segments map reads as the liver; an orbit map is refused under the default, listing what MAISI lacks
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[2:6, 2:6, 2:4], label[2:6, 2:6, 4:6] = 2, 7
+    path = tmp_path / "segments.nii.gz"
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(path))
+    read = read_label_map(path, label_set="totalsegmentator-liver_segments")
+    assert set(np.unique(read.label)) == {0, ID["liver"]} and int((read.label == ID["liver"]).sum()) == 64
+    with pytest.raises(DataError, match="eyeball_right.*no eye, orbit or optic nerve labels"):
+        read_label_map(path, label_set="totalsegmentator-oculomotor_muscles")
 
 
 def test_resolve_refuses_unknown_names(tmp_path):

@@ -45,6 +45,9 @@ def _register_subtasks() -> None:
 
 
 _register_subtasks()
+#: TotalSegmentator sub-tasks whose names mean a part of one organ that the task makes plain (its ``ventricle``
+#: is a brain ventricle, not a heart's): their names are matched with this word before them
+TASK_CONTEXT: dict[str, str] = {"brain_structures": "brain", "ventricle_parts": "brain"}
 _CANONICAL = {"total": "totalsegmentator-v2", "total_v1": "totalsegmentator-v1", "maisi": "maisi"}
 
 
@@ -77,8 +80,13 @@ class Vocabulary:
     builtin: bool = False
 
     @classmethod
-    def from_names(cls, name: str, names: Mapping[int, str | int], *, builtin: bool = False) -> Vocabulary:
+    def from_names(
+        cls, name: str, names: Mapping[int, str | int], *, builtin: bool = False, context: str = ""
+    ) -> Vocabulary:
         """Build from ``source id -> structure name`` (matched to MAISI) or ``-> MAISI id`` (taken as is).
+
+        ``context`` is a word the names are matched with when their vocabulary makes it plain (``brain`` for a brain
+        sub-task's ``ventricle``); the names reported stay as given.
 
         Raises:
             DataError: naming ``name`` and the id, for negative ids or integer targets that are not MAISI ids.
@@ -98,7 +106,7 @@ class Vocabulary:
                 kind = "background" if target == labels.BACKGROUND else "exact"
                 entries[src] = Entry(src, labels.name_of(target), NameMatch(kind, target))
             else:
-                entries[src] = Entry(src, target, match_name(target))
+                entries[src] = Entry(src, target, match_name(f"{context} {target}" if context else target))
         return cls(name=name, entries=entries, builtin=builtin)
 
     @property
@@ -153,7 +161,8 @@ def _builtin_task(task: str) -> Vocabulary:
             builtin=True,
         )
     class_map = resources.load_json(TOTALSEGMENTATOR_MAPS)[task]
-    return Vocabulary.from_names(canonical, {int(k): v for k, v in class_map.items()}, builtin=True)
+    names = {int(k): v for k, v in class_map.items()}
+    return Vocabulary.from_names(canonical, names, builtin=True, context=TASK_CONTEXT.get(task, ""))
 
 
 def resolve(label_set: str | os.PathLike | Vocabulary) -> Vocabulary:

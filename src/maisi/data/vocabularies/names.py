@@ -111,6 +111,38 @@ PARTS: dict[str, str] = {
     "body contour": "body",
     "outer contour": "body",
 }
+#: parts named by TotalSegmentator's sub-tasks: the eight Couinaud liver segments, brain structures and ventricle
+#: parts (matched with the word "brain" before them, :data:`maisi.data.vocabularies.TASK_CONTEXT`), and the tissue
+#: types, which are the body's tissue outside the organs
+PARTS.update({f"liver segment {i}": "liver" for i in range(1, 9)})
+_BRAIN_PARTS = (
+    "brainstem",
+    "septum pellucidum",
+    "cerebellum",
+    "caudate nucleus",
+    "lentiform nucleus",
+    "insular cortex",
+    "internal capsule",
+    "central sulcus",
+    "frontal lobe",
+    "parietal lobe",
+    "occipital lobe",
+    "temporal lobe",
+    "thalamus",
+    "ventricle",
+    "third ventricle",
+    "fourth ventricle",
+)
+_SIDED_BRAIN_PARTS = (
+    "ventricle frontal horn",
+    "ventricle occipital horn",
+    "ventricle body",
+    "ventricle temporal horn",
+    "ventricle trigone",
+)
+PARTS.update({f"brain {n}": "brain" for n in _BRAIN_PARTS})
+PARTS.update({f"brain {n} {side}": "brain" for n in _SIDED_BRAIN_PARTS for side in ("left", "right")})
+PARTS.update(dict.fromkeys(("subcutaneous fat", "torso fat", "skeletal muscle", "intermuscular fat"), "body"))
 #: wholes that MAISI represents only in parts (name -> MAISI names of the parts)
 SPLITS: dict[str, tuple[str, ...]] = {
     "left lung": ("left lung upper lobe", "left lung lower lobe"),
@@ -140,7 +172,41 @@ LACKING: dict[str, str] = {
     "pulmonary artery": "MAISI has no pulmonary artery",
     "intervertebral discs": "MAISI has no intervertebral discs",
     "face": "MAISI has no face label",
+    "brain subarachnoid space": "outside the brain parenchyma; MAISI has no label for it",
+    "brain venous sinuses": "outside the brain parenchyma; MAISI has no label for it",
 }
+#: groups of structures MAISI has no label for, by reason (TotalSegmentator's head, neck, limb and lesion sub-tasks)
+_LACKING_GROUPS: dict[str, tuple[str, ...]] = {
+    "MAISI has no eye, orbit or optic nerve labels": (
+        "eyeball", "eye", "eye lens", "optic nerve", "lateral rectus muscle", "medial rectus muscle",
+        "superior rectus muscle", "inferior rectus muscle", "superior oblique muscle", "inferior oblique muscle",
+        "levator palpebrae superioris",
+    ),
+    "MAISI has no head-and-neck glands, cavities, cartilages or vessels beyond the common carotids": (
+        "parotid gland", "submandibular gland", "nasopharynx", "oropharynx", "hypopharynx", "nasal cavity",
+        "auditory canal", "soft palate", "hard palate", "larynx air", "thyroid cartilage", "hyoid",
+        "cricoid cartilage", "zygomatic arch", "styloid process", "internal carotid artery",
+        "internal jugular vein",
+    ),
+    "MAISI has no head, neck, shoulder or limb muscles besides the gluteal, iliopsoas and autochthonous ones": (
+        "masseter", "temporalis", "lateral pterygoid", "medial pterygoid", "tongue", "digastric",
+        "sternocleidomastoid", "superior pharyngeal constrictor", "middle pharyngeal constrictor",
+        "inferior pharyngeal constrictor", "trapezius", "platysma", "levator scapulae", "anterior scalene",
+        "middle scalene", "posterior scalene", "sterno thyroid", "thyrohyoid", "prevertebral",
+        "quadriceps femoris", "thigh medial compartment", "thigh posterior compartment", "sartorius", "deltoid",
+        "supraspinatus", "infraspinatus", "subscapularis", "coracobrachial", "pectoralis minor",
+        "serratus anterior", "teres major", "triceps brachii",
+    ),
+    "MAISI has no bones of the forearm, hand, lower leg or foot": (
+        "patella", "tibia", "fibula", "tarsal", "metatarsal", "phalanges feet", "ulna", "radius", "carpal",
+        "metacarpal", "phalanges hand",
+    ),
+    "MAISI has no label for it (use a mapping file if a MAISI structure is meant)": (
+        "coronary arteries", "vertebrae body", "breast", "lung covid infiltrate", "intracerebral hemorrhage",
+        "hip implant", "left ventricular outflow tract", "right coronary cusp", "left coronary cusp",
+        "non coronary cusp",
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -229,10 +295,18 @@ def match_name(name: str) -> NameMatch:
             if all(both):
                 ids = tuple(int(i) for i in both)
                 return NameMatch("split", None, ids, reason=_split_reason(ids))
-    lacking = LACKING.get(key) or LACKING.get(" ".join(words))
+    lacking = LACKING.get(key) or LACKING.get(" ".join(words)) or _lacking_keys().get(key)
     if lacking:
         return NameMatch("lacking", reason=lacking)
     return NameMatch("unknown", reason="no MAISI structure of that name")
+
+
+@cache
+def _lacking_keys() -> dict[str, str]:
+    """:data:`LACKING` and :data:`_LACKING_GROUPS` by name key (side words out, words sorted)."""
+    keys = {name_key(n)[1]: reason for reason, names in _LACKING_GROUPS.items() for n in names}
+    keys.update({name_key(n)[1]: reason for n, reason in LACKING.items()})
+    return keys
 
 
 def _split_reason(ids: tuple[int, ...]) -> str:
