@@ -27,21 +27,20 @@ from common import machine, run_child, write_results  # noqa: E402
 
 def child(args) -> dict:
     from maisi.errors import MaisiError
-    from maisi.memory import applied, parse_memory, plan_memory
+    from maisi.memory import parse_memory, plan_memory
 
     original = bp.run_maisi
     plans = {}
 
     def planned(a, cfg, model_set, noise, rec, out_dir, plain):
-        gen = cfg.generate
+        # generate plans (and applies) its memory itself; the same plan is recorded here
+        cfg.generate = dataclasses.replace(cfg.generate, max_memory=args.max_memory or None)
         budget = parse_memory(args.max_memory) if args.max_memory else None
-        plan = plan_memory(cfg.model, gen, budget_bytes=budget, device=args.device, mask_source="file")
-        plans["plan"] = plan.describe()
-        cfg.generate = dataclasses.replace(
-            gen, decode_window=plan.decode_window, decode_overlap=plan.decode_overlap
+        plan = plan_memory(
+            cfg.model, cfg.generate, budget_bytes=budget, device=args.device, mask_source="file"
         )
-        with applied(plan, model_set, device=args.device):
-            return original(a, cfg, model_set, noise, rec, out_dir, plain)
+        plans["plan"] = plan.describe()
+        return original(a, cfg, model_set, noise, rec, out_dir, plain)
 
     bp.run_maisi = planned
     try:

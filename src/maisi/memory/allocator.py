@@ -4,13 +4,14 @@ glibc's malloc serves blocks above its mmap threshold from fresh ``mmap`` region
 freed, and smaller ones from its heaps. Its threshold is dynamic: each time a large mmap'd block is freed, it rises
 to that block's size (up to 32 MiB on 64-bit), so the next blocks of that size come from the heaps, where freed
 space is kept and fragments. A run that makes sample after sample (the per-sample arrays of tens of MiB come and
-go) then grows: ``benchmarks/bench_stream_memory.py`` measured the demo generator's peak RSS at 1.44 GiB for 2
-samples and 1.75 GiB for 20 (+21 %); with the threshold fixed at 1 MiB, 1.37 and 1.39 GiB (+1.2 %).
+go) then grows: ``benchmarks/bench_stream_memory.py`` measured the demo generator's peak RSS at 1.30 GiB for 2
+samples and 1.38 GiB for 20 (+6.0 %; +21 % before the conditioning planes were freed before each decode); with the
+threshold fixed at 1 MiB, 1.25 and 1.26 GiB (+0.7 %).
 
 :func:`fix_mmap_threshold` fixes it (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, which also turns the dynamic rule off)
 when the ``maisi`` program starts ``maisi generate`` (:func:`maisi.cli.console_main`; a library caller decides for
 its own process). The cost is system time: every large block is mapped and unmapped afresh, about 6 s more system
-CPU over a 4-sample, 10-step demo run of ~110 s (wall time within noise), for a peak that stays flat. It does
+CPU over a 4-sample, 10-step demo run of ~110 s; 64.2 s against 62.6 s for 20 samples of 2 steps. It does
 nothing when the C library is not glibc, when the user set glibc's own ``MALLOC_MMAP_THRESHOLD_`` variable
 (theirs wins), or when ``MAISI_MALLOC=default`` asks to keep glibc's defaults.
 """
