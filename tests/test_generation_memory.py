@@ -16,6 +16,7 @@ import pytest
 from maisi import cli
 from maisi.errors import RequestError
 from maisi.generation import describe_run, generate, plan_generation
+from maisi.generation.plan import with_run_memory
 from test_generation_common import one_thread, request, session_weights  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,10 +40,15 @@ def no_loading(monkeypatch):
     monkeypatch.setattr(model_set_module, "load_model_set", refuse)
 
 
+def planned(cfg):
+    """The run's plan with its memory plan, as generate makes it before loading."""
+    return with_run_memory(plan_generation(cfg), cfg)
+
+
 def test_the_plan_resolves_device_and_dtype_and_plans_memory_without_loading(weights, tmp_path, no_loading):
     cfg = request(weights, tmp_path, **BASE)
     assert (cfg.generate.device, cfg.generate.dtype) == ("auto", "auto")
-    plan = plan_generation(cfg)
+    plan = planned(cfg)
     # no CUDA here: auto is the CPU in float32 (the official fp16 is for CUDA GPUs)
     assert plan.device == "cpu" and plan.request.dtype == "float32" and plan.describe()["dtype"] == "float32"
     memory = plan.describe()["memory"]
@@ -52,22 +58,22 @@ def test_the_plan_resolves_device_and_dtype_and_plans_memory_without_loading(wei
     assert memory["decode"]["num_splits"] == 1 and memory["peak_bytes"] <= memory["budget_bytes"]
     assert list(memory["stages"]) == ["conditioning", "sampling", "decode", "writing"]
     # the digest of "auto" is the digest of what it resolves to (the same samples)
-    explicit = plan_generation(request(weights, tmp_path, **BASE, device="cpu", dtype="float32"))
+    explicit = planned(request(weights, tmp_path, **BASE, device="cpu", dtype="float32"))
     assert explicit.digest(0) == plan.digest(0)
 
 
 def test_a_smaller_budget_changes_the_decode_and_a_tiny_one_is_refused(weights, tmp_path, no_loading):
-    roomy = plan_generation(request(weights, tmp_path, **BASE, max_memory="64GB")).memory
+    roomy = planned(request(weights, tmp_path, **BASE, max_memory="64GB")).memory
     others = max(v for k, v in roomy.stages.items() if k != "decode")
     assert roomy.stages["decode"] > others  # the decode is this request's largest stage
     budget = (others + roomy.stages["decode"]) // 2
-    tight = plan_generation(request(weights, tmp_path, **BASE, max_memory=str(budget))).memory
+    tight = planned(request(weights, tmp_path, **BASE, max_memory=str(budget))).memory
     assert tight.peak <= budget < roomy.peak
     assert (tight.decode.num_splits, tight.decode.windows(tight.latent)) != (1, 1)
     with pytest.raises(RequestError, match=r"request needs at least .* budget 1 MiB on cpu"):
-        plan_generation(request(weights, tmp_path, **BASE, max_memory="1MB"))
+        planned(request(weights, tmp_path, **BASE, max_memory="1MB"))
     with pytest.raises(RequestError, match="max-memory must be a size such as 16GB"):
-        plan_generation(request(weights, tmp_path, **BASE, max_memory="lots"))
+        planned(request(weights, tmp_path, **BASE, max_memory="lots"))
 
 
 def test_the_run_decodes_as_planned_and_records_the_plan(weights, tmp_path, caplog):
@@ -84,18 +90,18 @@ def test_the_run_decodes_as_planned_and_records_the_plan(weights, tmp_path, capl
     small = request(
         weights, tmp_path / "windows", **BASE, steps=1, qc=False, preview=False, decode_window=(8, 8, 8)
     )
-    plan = plan_generation(small)
+    plan = planned(small)
     assert plan.memory.decode.window == (8, 8, 8) and plan.memory.decode.windows(plan.memory.latent) == 9
     (windowed,) = generate(small)  # 3 x 3 x 1 windows at the plan's overlap 0.4: the same latent, stitched
     assert windowed.metadata["memory"]["decode"]["windows"] == 9
     assert np.array_equal(windowed.label, sample.label) and not np.array_equal(windowed.image, sample.image)
-    full = plan_generation(cfg).memory
+    full = planned(cfg).memory
     others = max(v for k, v in full.stages.items() if k != "decode")
     budget = (others + full.stages["decode"]) // 2  # every stage fits but a one-slab whole-latent decode
     over = dataclasses.replace(
         small.generate, decode_window=(16, 16, 8), decode_splits=1, max_memory=str(budget)
     )
-    warned = plan_generation(dataclasses.replace(small, generate=over))
+    warned = planned(dataclasses.replace(small, generate=over))
     assert (warned.memory.decode.window, warned.memory.decode.num_splits) == ((16, 16, 8), 1)
     assert any("decode window 16x16x8 with 1 slab(s) needs about" in w for w in warned.warnings)
 
@@ -108,17 +114,24 @@ def test_a_user_mask_is_planned_on_its_own_grid(weights, tmp_path, no_loading):
     nib.save(nib.Nifti1Image(label, np.diag([3.0, 3.0, 3.0, 1.0])), str(path))
     cfg = request(weights, tmp_path / "out", mask=str(path), mask_source="file", spacing=(3.0, 3.0, 3.0))
     cfg.data = dataclasses.replace(cfg.data, label_set="maisi")
-    assert plan_generation(cfg).memory is None  # the grid is the mask's: known once it is read
+    assert plan_generation(cfg).memory is None  # planned once the masks are read (the grid is this mask's)
     assert describe_run(cfg)["memory"]["decode"]["window"] == [16, 8, 8]
 
 
 def test_a_request_that_cannot_fit_is_refused_at_once_in_one_line(weights, tmp_path, capsys):
     out = tmp_path / "never"
-    argv = ["generate", "--weights", str(weights), "--output-size", "4096", "4096", "4096"]
-    t0 = time.perf_counter()
-    rc = cli.main([*argv, "--max-memory", "16GB", "--output-dir", str(out)])
+    argv = ["generate", "--weights", str(weights), "--output-dir", str(out)]
+    t0 = (
+        time.perf_counter()
+    )  # --dry-run: the plan alone (a real run says first that 4096^3 needs 77 GiB of disk)
+    rc = cli.main([*argv, "--output-size", "4096", "4096", "4096", "--max-memory", "16GB", "--dry-run"])
     seconds = time.perf_counter() - t0
     err = capsys.readouterr().err.strip()
     assert rc == 2 and seconds < 5 and not out.exists()
     assert len(err.splitlines()) == 1
     assert "request needs at least" in err and "stage decode" in err and "budget 16.0 GiB on cpu" in err
+    # a real run: the output folder checked, then the memory plan refused, before any network is loaded
+    rc = cli.main([*argv, "--output-size", "256", "256", "256", "--max-memory", "256MB"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "budget 256 MiB on cpu" in err
+    assert not list(out.glob("sample_*"))

@@ -28,7 +28,7 @@ import torch
 from maisi.config.schema import Config
 from maisi.data.intensity import unit_to_output
 from maisi.generation.masks import MaskSample, MaskSource, make_mask_source
-from maisi.generation.plan import Plan, plan_generation, with_mask_grid
+from maisi.generation.plan import Plan, plan_generation, with_run_memory
 from maisi.generation.sample import Sample
 from maisi.generation.seeds import derive_seed, torch_generator
 from maisi.generation.sidecar import Outcome, build_sidecar
@@ -110,14 +110,15 @@ def stream(
     from maisi.generation.outputs import BackgroundWriter, write_run_config
     from maisi.generation.weights import describe_model_set
 
-    known, nets = (None, None) if model_set is None else (describe_model_set(model_set), model_set.config)
-    source_name = getattr(mask_source, "name", None)
-    plan = plan_generation(cfg, weights=known, mask_source=source_name, indices=indices, model_cfg=nets)
+    known = describe_model_set(model_set) if model_set is not None else None
+    plan = plan_generation(
+        cfg, weights=known, mask_source=getattr(mask_source, "name", None), indices=indices
+    )
     todo = list(plan.indices)
     if write:  # the output folder is checked before any network is loaded
         todo = check_outputs(plan, todo)
     run = _start(plan, cfg, model_set, initial_noise, mask_source, progress, speedups or Speedups())
-    plan = run.plan  # with the memory plan of a user mask's own grid
+    plan = run.plan  # with its memory plan
     if plan.process.is_main:
         log.info("maisi generate: %s", plan.memory.summary())
     if write:
@@ -159,8 +160,8 @@ def _start(
     progress: bool,
     speedups: Speedups,
 ) -> _Run:
-    """Read the masks and the fixed noise, plan the memory of a user mask's grid, then load the networks the plan
-    names and set them up as the memory plan says."""
+    """Read the masks and the fixed noise, plan the memory, then load the networks the plan names and set them up
+    as the memory plan says."""
     from maisi.diffusion import scheduler_from_config
     from maisi.generation.noise import load_noise
     from maisi.generation.weights import check_model_keys, load_weights
@@ -177,8 +178,8 @@ def _start(
     )
     if source is None and plan.mask_source != "model":
         source = make()  # masks are read and checked before the (possibly large) weights are loaded
-    # a user mask on its own grid: planned (refused if it cannot fit) now, before any network is loaded
-    plan = with_mask_grid(plan, cfg, source, getattr(model_set, "config", None))
+    # the memory plan (a user mask's own grid known now): refused here if it cannot fit, before any loading
+    plan = with_run_memory(plan, cfg, source, getattr(model_set, "config", None))
     if model_set is None:
         model_set = load_weights(plan.weights, components=plan.components, base=cfg.model, device=plan.device)
         check_model_keys(cfg, model_set, plan.components)

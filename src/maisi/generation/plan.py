@@ -63,7 +63,7 @@ class Plan:
         keep_ids: MAISI ids written to the label file (empty: all).
         warnings: what validation found (field of view, size), said once per run.
         process: this process's place in a torchrun launch.
-        memory: the memory plan (None until the grid is known: a user mask kept on its own grid is read first).
+        memory: the memory plan (:func:`with_run_memory`; None until then).
     """
 
     request: GenerateConfig
@@ -142,7 +142,6 @@ def plan_generation(
     weights: WeightsInfo | None = None,
     mask_source: str | None = None,
     indices: Sequence[int] | None = None,
-    model_cfg: Any = None,
 ) -> Plan:
     """Decide a run from a resolved config; raises a one-line :class:`~maisi.errors.MaisiError` on bad input.
 
@@ -153,8 +152,6 @@ def plan_generation(
             inspected.
         mask_source: the name of a custom mask source that replaces the request's.
         indices: which samples to make (default all ``num_samples``); this process takes its share.
-        model_cfg: the networks' configs, when already loaded (default: read from the weights' config files, or
-            ``cfg.model`` for official files).
     """
     gen = cfg.generate
     info = weights or inspect_weights(gen.weights)  # reads config files only
@@ -177,7 +174,7 @@ def plan_generation(
     if kind == "none":
         components = tuple(c for c in IMAGE_COMPONENTS if c != "controlnet")
     wanted = range(gen.num_samples) if indices is None else indices
-    plan = Plan(
+    return Plan(
         request=dataclasses.replace(gen, device=str(device), dtype=dtype),
         reading=reading,
         weights=info,
@@ -191,32 +188,31 @@ def plan_generation(
         warnings=tuple(checked.warnings),
         process=process,
     )
-    if kind == "file" and not gen.fit_mask:
-        return (
-            plan  # the grid is the mask's own: planned once the mask is read (before any network is loaded)
-        )
-    if model_cfg is None:
-        model_cfg = network_configs(info, components=components, base=cfg.model)
-    return plan.with_memory(model_cfg)
 
 
 def describe_run(cfg: Config) -> dict[str, Any]:
     """The plan of a run as ``maisi generate --dry-run`` prints it, memory plan included: a user mask kept on its
     own grid is read for that grid; no network is loaded."""
     plan = plan_generation(cfg)
-    if plan.memory is None:
+    source = None
+    if plan.mask_source == "file" and not plan.request.fit_mask:
         source = make_mask_source("file", plan.request, weights=plan.weights, reading=plan.reading)
-        plan = with_mask_grid(plan, cfg, source)
-    return plan.describe()
+    return with_run_memory(plan, cfg, source).describe()
 
 
-def with_mask_grid(plan: Plan, cfg: Config, source: Any, model_cfg: Any = None) -> Plan:
-    """``plan`` with the memory plan of a user mask's own grid (``source.sample``), where it still has none.
+def with_run_memory(plan: Plan, cfg: Config, source: Any = None, model_cfg: Any = None) -> Plan:
+    """``plan`` with its memory plan, decided from the networks' configs before any network is loaded (after the
+    output folder is checked, so that output problems are said first).
 
     Args:
+        source: the mask source once made: a user mask kept on its own grid (``source.sample``) decides the grid;
+            default the requested output size.
         model_cfg: the networks' configs when loaded (default: read from the weights' config files).
+
+    Raises:
+        RequestError: the request cannot fit ``max_memory``.
     """
-    if plan.memory is not None:
-        return plan
+    fixed = getattr(source, "sample", None)
+    grid = fixed.shape if fixed is not None and plan.mask_source == "file" else None
     nets = model_cfg or network_configs(plan.weights, components=plan.components, base=cfg.model)
-    return plan.with_memory(nets, grid=source.sample.shape)
+    return plan.with_memory(nets, grid=grid)
