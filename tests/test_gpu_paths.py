@@ -124,6 +124,24 @@ def test_default_dtype_is_the_official_half_precision():
     assert default_dtype("cuda") == ("float16" if major >= 7 else "float32")
 
 
+def test_generate_defaults_to_the_gpu_in_half_precision_within_its_plan(tmp_path):
+    """``maisi generate`` with neither --device nor --dtype: this process's GPU, fp16 (compute capability >= 7),
+    the memory plan made for the GPU's free memory and recorded in the sidecar."""
+    import json
+
+    from maisi import cli
+
+    out = tmp_path / "run"
+    argv = ["generate", "--output-size", "64", "64", "64", "--steps", "2", "--no-qc", "--no-preview"]
+    assert cli.main([*argv, "--mask-source", "phantom", "--output-dir", str(out)]) == 0
+    sidecar = json.loads(next(out.glob("sample_*.json")).read_text())
+    major, _ = torch.cuda.get_device_capability()
+    assert sidecar["device"] == "cuda:0" and sidecar["dtype"] == ("float16" if major >= 7 else "float32")
+    memory = sidecar["memory"]
+    assert memory["device"] == "cuda:0" and memory["peak_bytes"] <= memory["budget_bytes"]
+    assert memory["decode"]["windows"] == 1  # a 16^3 latent fits in one pass on any GPU
+
+
 # ------------------------------------------------------------------------------------------------ layouts, compile
 
 
