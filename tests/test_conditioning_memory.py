@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +25,7 @@ from maisi.config import preset
 from maisi.diffusion import make_denoiser
 from maisi.performance import PLAIN, accelerate, cached_control_embedding
 from maisi.performance import control as control_module
+from test_generation_common import perturbed_model_set
 
 
 def _int64_planes(label: torch.Tensor, bits: int = 8) -> torch.Tensor:
@@ -295,22 +295,8 @@ def test_half_planes_give_the_controlnet_the_same_numbers_under_autocast(tiny_co
 
 @pytest.fixture(scope="module")
 def model_set():
-    from maisi.networks import build
-    from maisi.networks.checkpoint import Component
-    from maisi.networks.model_set import ModelSet
-
-    cfg = preset("tiny")
-    torch.manual_seed(0)
-    comps = {}
-    for name in ("vae", "unet", "controlnet"):
-        model = build(name, cfg.model).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-        comps[name] = Component(
-            name=name, model=model, config=getattr(cfg.model, name), path=Path("mem") / name
-        )
-    return ModelSet(config=cfg.model, components=comps, layout="maisi", root=Path("mem"))
+    """The tiny preset's networks with seeded random weights (zero-initialised outputs made non-zero)."""
+    return perturbed_model_set("tiny")
 
 
 def test_after_sampling_the_memo_is_empty_and_the_conditioning_freed_before_decode(model_set):

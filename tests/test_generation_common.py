@@ -94,3 +94,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def perturbed_model_set(name: str = "tiny", device: torch.device | str = "cpu"):
+    """The preset's VAE, UNet and ControlNet with seeded random weights, every parameter moved by N(0, 0.05) so
+    zero-initialised outputs (the ControlNet's residual convolutions) are not zero; in memory, not saved."""
+    from maisi.networks import build
+    from maisi.networks.checkpoint import Component
+    from maisi.networks.model_set import ModelSet
+
+    cfg = preset(name)
+    torch.manual_seed(0)
+    comps = {}
+    for component in ("vae", "unet", "controlnet"):
+        model = build(component, cfg.model).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        comps[component] = Component(
+            name=component, model=model.to(device), config=getattr(cfg.model, component), path=Path(component)
+        )
+    return ModelSet(config=cfg.model, components=comps, layout="maisi", root=Path(name))

@@ -13,13 +13,13 @@ import dataclasses
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from maisi.config import preset
+from test_generation_common import perturbed_model_set
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,22 +40,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def model_set():
-    from maisi.networks import build
-    from maisi.networks.checkpoint import Component
-    from maisi.networks.model_set import ModelSet
-
-    cfg = preset("tiny")
-    torch.manual_seed(0)
-    comps = {}
-    for name in ("vae", "unet", "controlnet"):
-        model = build(name, cfg.model).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-        comps[name] = Component(
-            name=name, model=model.to(CUDA), config=getattr(cfg.model, name), path=Path(name)
-        )
-    return ModelSet(config=cfg.model, components=comps, layout="maisi", root=Path("gpu"))
+    """The tiny preset's networks with seeded random weights (zero-initialised outputs made non-zero)."""
+    return perturbed_model_set("tiny", CUDA)
 
 
 def _mask():

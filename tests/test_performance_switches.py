@@ -24,6 +24,7 @@ from maisi.performance import (
     onednn_convolutions,
     precise_group_norms,
 )
+from test_generation_common import perturbed_model_set
 
 STEPS = 2
 SHAPE = (32, 32, 32)  # 8^3 latents: the equality checks need no more
@@ -34,22 +35,7 @@ ROUNDING = 1e-4  # relative to the output's range
 @pytest.fixture(scope="module")
 def model_set():
     """The tiny preset's networks with seeded random weights (zero-initialised outputs made non-zero)."""
-    from maisi.networks import build
-    from maisi.networks.checkpoint import Component
-    from maisi.networks.model_set import ModelSet
-
-    cfg = preset("tiny")
-    torch.manual_seed(0)
-    comps = {}
-    for name in ("vae", "unet", "controlnet"):
-        model = build(name, cfg.model).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-        comps[name] = Component(
-            name=name, model=model, config=getattr(cfg.model, name), path=Path("mem") / name
-        )
-    return ModelSet(config=cfg.model, components=comps, layout="maisi", root=Path("mem"))
+    return perturbed_model_set("tiny")
 
 
 @pytest.fixture(scope="module")
