@@ -129,8 +129,10 @@ def test_official_rflow_unet_loads_strictly_and_matches(tmp_path):
 
 @pytest.mark.slow
 def test_official_full_layouts(tmp_path):
-    _check_official(tmp_path / "r", "rflow-ct", list(OFFICIAL_FILES["rflow-ct"]))
-    _check_official(tmp_path / "d", "ddpm-ct", list(OFFICIAL_FILES["ddpm-ct"]))
+    # the v2 (AdaGN) mask UNet has no MONAI class to write it: its official file loads strictly and equals the
+    # reference network in tests/test_adagn.py and test_adagn_equivalence.py
+    for root, variant in ((tmp_path / "r", "rflow-ct"), (tmp_path / "d", "ddpm-ct")):
+        _check_official(root, variant, [n for n in OFFICIAL_FILES[variant] if n != "mask_unet_v2"])
 
 
 def test_info_weights_lists_official_components(tmp_path, capsys):

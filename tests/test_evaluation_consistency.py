@@ -152,11 +152,13 @@ def test_interrupted_segmenter_training_resumes_to_the_same_weights(tmp_path):
 @pytest.mark.slow
 def test_segmenter_learns_an_intensity_task(tmp_path):
     pairs = write_pairs(tmp_path / "train", n=2)
+    # 400 steps: trained by the generic loop since dc2978c, the tiny net reaches Dice 0.79 / 0.86 at 200 steps
+    # and 0.91 / 0.91 at 400
     folder = train_segmenter(
-        pairs, tmp_path / "run", steps=200, seed=0, roi_size=(16, 16, 16), lr=1e-2, network=TINY_NET
+        pairs, tmp_path / "run", steps=400, seed=0, roi_size=(16, 16, 16), lr=1e-2, network=TINY_NET
     )
     r = evaluate_consistency(pairs, folder)
-    assert r["labels"]["1"]["mean"] > 0.8 and r["labels"]["3"]["mean"] > 0.8
+    assert r["labels"]["1"]["mean"] > 0.85 and r["labels"]["3"]["mean"] > 0.85
 
 
 def test_segmenter_config_errors(tmp_path):
