@@ -106,6 +106,29 @@ def test_the_run_decodes_as_planned_and_records_the_plan(weights, tmp_path, capl
     assert any("decode window 16x16x8 with 1 slab(s) needs about" in w for w in warned.warnings)
 
 
+def test_the_command_says_its_plan_before_the_samples(weights, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = [
+        "generate",
+        "--weights",
+        str(weights),
+        "--output-size",
+        "64",
+        "64",
+        "32",
+        "--spacing",
+        "3",
+        "3",
+        "3",
+    ]
+    argv += ["--mask-source", "phantom", "--steps", "1", "--no-qc", "--no-preview", "--output-dir", str(out)]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("memory plan: peak ") and "on cpu" in lines[0]
+    assert lines[0].endswith("decode one pass, 1 slab(s); computing in float32")
+    assert lines[1].startswith("sample 0: ")
+
+
 def test_a_user_mask_is_planned_on_its_own_grid(weights, tmp_path, no_loading):
     label = np.zeros((64, 32, 32), np.uint8)
     label[8:56, 4:28, 4:28] = 200  # body

@@ -119,7 +119,7 @@ def test_a_sample_another_run_is_writing_is_left_to_it(weights, tmp_path, capsys
         nib.save(nib.Nifti1Image(partial, np.eye(4)), str(out / "sample_00000_image.nii.gz"))
         result = run_cli(_generate(weights, out, *PHANTOM, "--num-samples", "2"), capsys)
         assert result.rc == 0, result.err
-        assert [line.split(":")[0] for line in result.out.splitlines()] == ["sample 1"]
+        assert [line.split(":")[0] for line in result.out.splitlines()] == ["memory plan", "sample 1"]
         assert (out / "sample_00000_image.nii.gz").is_file() and not (out / "sample_00000.json").exists()
     finally:
         other.release(done=False)
@@ -145,7 +145,10 @@ def test_warnings_come_from_rank_0_only(weights, tmp_path, capsys, caplog, monke
         with caplog.at_level(logging.WARNING):
             result = run_cli(argv, capsys)
         assert result.rc == 0, result.err
-        assert result.out.startswith(f"sample {rank}:")
+        lines = result.out.splitlines()  # the plan is said by rank 0 only, then each rank's sample
+        assert [line.split(":")[0] for line in lines] == (["memory plan"] if rank == 0 else []) + [
+            f"sample {rank}"
+        ]
         said[rank] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said[1] == [] and any("field of view" in m for m in said[0]), said
     assert complete_samples(out) == {0, 1}

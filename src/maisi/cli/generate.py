@@ -271,7 +271,13 @@ def run(args: argparse.Namespace) -> int:
     report = _Report(
         cfg, verbose=args.verbose, exporter=open_export(cfg.generate)
     )  # bad dataset: before work
-    for _ in stream(cfg, progress=show_progress(args), keep_arrays=False, on_written=report):
+
+    def say_plan(plan: Any) -> None:
+        print(f"{plan.memory.summary()}; computing in {plan.request.dtype}", flush=True)
+
+    for _ in stream(
+        cfg, progress=show_progress(args), keep_arrays=False, on_written=report, on_plan=say_plan
+    ):
         pass
     if report.exporter is not None:
         print(f"{cfg.generate.export.format}: {report.exporter.finish()}")

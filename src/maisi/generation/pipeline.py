@@ -84,6 +84,7 @@ def stream(
     speedups: Speedups | None = None,
     keep_arrays: bool = True,
     on_written: Callable[[Sample], Any] | None = None,
+    on_plan: Callable[[Plan], Any] | None = None,
 ) -> Iterator[Sample]:
     """Make the samples of a request, yielding each once it is written (or made, with ``write=False``).
 
@@ -105,6 +106,8 @@ def stream(
         keep_arrays: keep the image and label arrays of written samples (False: only paths and metadata).
         on_written: called with each sample as soon as its files are complete (from the writer's thread when
             writes overlap sampling), e.g. to report it while the next one is made.
+        on_plan: called once with the run's plan (memory plan included) when the networks are loaded, before the
+            first sample.
     """
     from maisi.generation.output_dir import check_outputs, claim_samples
     from maisi.generation.outputs import BackgroundWriter, write_run_config
@@ -119,8 +122,7 @@ def stream(
         todo = check_outputs(plan, todo)
     run = _start(plan, cfg, model_set, initial_noise, mask_source, progress, speedups or Speedups())
     plan = run.plan  # with its memory plan
-    if plan.process.is_main:
-        log.info("maisi generate: %s", plan.memory.summary())
+    _announce(plan, on_plan)
     if write:
         write_run_config(cfg, plan.request.output_dir)
     slow = dtype_warning(run.device, plan.request.dtype)
@@ -216,6 +218,14 @@ def _start(
         progress=progress,
         speedups=speedups,
     )
+
+
+def _announce(plan: Plan, on_plan: Callable[[Plan], Any] | None) -> None:
+    """The run's plan, logged and handed to ``on_plan`` (first process only)."""
+    if plan.process.is_main:
+        log.info("maisi generate: %s", plan.memory.summary())
+        if on_plan is not None:
+            on_plan(plan)
 
 
 def _say_once(warnings: Sequence[str], said: set[str], plan: Plan) -> None:
